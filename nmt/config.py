@@ -1,0 +1,166 @@
+"""Typed configuration: the dataclass schemas that Hydra's YAML merges onto.
+
+Registering them in Hydra's ConfigStore makes a typo or a wrong type in a YAML file or an
+override fail at composition, with Hydra's message, instead of deep inside a run. Library
+code receives these objects (via `to_config`), never a raw `DictConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class CleanConfig:
+    """Rules applied to every split before tokenization; each dropped pair is counted by rule."""
+
+    normalization: str = "NFC"  # Unicode form applied to both sides: NFC | NFKC | none
+    max_chars: int = 1000  # drop a pair if either side is longer (characters)
+    max_ratio: float = 3.0  # drop a pair if one side is this many times longer than the other
+    ratio_min_chars: int = 20  # ...but only judge the ratio once the longer side has this many
+    on_decode_error: str = "error"  # undecodable bytes: error (name file and line) | replace
+
+
+@dataclass
+class SpmConfig:
+    """SentencePiece settings; special ids are fixed in `nmt.tokenizer` so models agree."""
+
+    model_type: str = "bpe"  # bpe | unigram
+    vocab_size: int = 8000
+    character_coverage: float = 1.0
+    joint: bool = True  # one model for both sides (required for tied src/tgt embeddings)
+    byte_fallback: bool = True  # unseen characters become bytes instead of <unk>
+    input_sentence_size: int = 2_000_000  # sample at most this many sentences to train on
+    seed: int = 1234
+
+
+@dataclass
+class DataConfig:
+    """Where a parallel corpus lives and how it becomes cached, SentencePiece-encoded Arrow."""
+
+    name: str = "multi30k_de_en"  # names the cache folder; not part of the fingerprint
+    format: str = "text"  # text (one file per side) | tsv (one file, two columns) | hub
+    root: str = "${oc.env:NMT_DATA_DIR,../shared/data/multi30k}"  # relative to the working dir
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    train_split: str = "train"
+    valid_split: str = "val"
+    test_splits: list[str] = field(default_factory=lambda: ["test_2016_flickr"])
+    # format=text: one file per split and language under root; a .gz suffix is decompressed.
+    text_pattern: str = "{split}.{lang}.gz"
+    # format=tsv: one file per split, source and target in the given tab-separated columns.
+    tsv_pattern: str = "{split}.tsv"
+    tsv_columns: list[int] = field(default_factory=lambda: [0, 1])
+    # format=hub: `datasets.load_dataset(hub_path, hub_name, revision=hub_revision)` with a
+    # `translation` column of {lang: text} dicts (the WMT layout).
+    hub_path: str | None = None
+    hub_name: str | None = None
+    hub_revision: str | None = None
+    hub_data_files: dict[str, str] | None = None  # for local builders such as "json"
+    max_train_pairs: int | None = None  # use only the first N training pairs; null for all
+    num_proc: int = 2  # worker processes for encoding large splits
+    cache_dir: str = "data/cache"
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    spm: SpmConfig = field(default_factory=SpmConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and sizes; `nmt.models.build_model` is the only reader of `arch`."""
+
+    arch: str = "transformer"  # transformer | rnn
+    embed_size: int = 256  # RNN embeddings; the Transformer uses hidden_size (d_model)
+    hidden_size: int = 256  # Transformer d_model; RNN hidden size per direction
+    num_encoder_layers: int = 3
+    num_decoder_layers: int = 3
+    dropout: float = 0.1
+    tie_embeddings: bool = True  # share source/target/output embeddings (needs a joint vocab)
+    # Transformer
+    num_heads: int = 4
+    ffn_size: int = 1024
+    attention_dropout: float = 0.0
+    norm_first: bool = True  # pre-norm; false gives the paper's post-norm
+    learned_positions: bool = False  # sinusoidal positions unless true
+    max_positions: int = 1024
+    # RNN
+    rnn_type: str = "gru"  # gru | lstm
+    attention_size: int = 256  # size of the additive attention's hidden layer (v, W_h, W_s)
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's settings (issue: trainer)."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    seed: int = 1234
+    max_steps: int | None = None  # optimiser steps; null for no limit
+    max_epochs: int | None = 30
+    max_time: float | None = None  # wall-clock budget in minutes; null for no limit
+    max_tokens: int = 4096  # token budget per batch (source + target, padded)
+    accumulate: int = 1
+    lr: float = 5e-4
+    warmup_steps: int = 4000
+    schedule: str = "inverse_sqrt"  # inverse_sqrt | plateau | constant
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    compile: bool = False
+    validate_every: int = 1000  # steps; validation also runs at each epoch end
+    patience: int | None = 10  # validations without BLEU improvement before stopping
+    keep_last: int = 3
+    log_every: int = 100
+    resume: bool = True  # continue from the run directory's latest checkpoint if present
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings shared by validation, `nmt translate` and `nmt evaluate`."""
+
+    beam_size: int = 5
+    length_penalty: float = 1.0  # GNMT alpha; 0 disables
+    max_len_a: float = 1.5  # max output length = a * source length + b
+    max_len_b: int = 10
+    batch_size: int = 64  # sentences per batch
+    nbest: int = 1
+
+
+@dataclass
+class Config:
+    """The whole composed configuration of one run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    name: str = "default"  # experiment name; runs go to runs/<name>/<timestamp>
+
+
+def _register() -> None:
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for group, schema in (
+        ("data", DataConfig),
+        ("model", ModelConfig),
+        ("train", TrainConfig),
+        ("decode", DecodeConfig),
+    ):
+        store.store(group=group, name=f"{group}_schema", node=schema)
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Resolve interpolations and turn a composed `DictConfig` into typed dataclasses."""
+    if isinstance(cfg, Config):
+        return cfg
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def from_dict(values: dict) -> Config:
+    """Rebuild a `Config` from a plain dict (a checkpoint's saved config), validating types."""
+    return to_config(OmegaConf.merge(OmegaConf.structured(Config), values))
+
+
+_register()

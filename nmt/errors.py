@@ -1,0 +1,9 @@
+"""The one exception type for user mistakes: entry points print it as a single line."""
+
+
+class UserError(ValueError):
+    """Bad input or settings that the user can fix; the message names the file or key and the fix.
+
+    Entry points catch it and print `nmt: error: <message>` without a traceback. Invariants of
+    the code itself stay `assert`s or ordinary exceptions, which do show a traceback.
+    """

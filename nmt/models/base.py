@@ -1,0 +1,80 @@
+"""The one contract between models and everything that drives them (training, search, heatmaps).
+
+Letters: B batch, S source length, T target length, H hidden size, V vocabulary, L layers,
+N attention heads. Masks are bool with True = real token.
+
+Search and training call only `encode`, `decode` and `select`; nothing downstream knows which
+architecture it holds. Decoder state is a value that `decode` returns and receives back, never
+an attribute of a module, so beam search can reorder it with `select` (fairseq's incremental
+decoding contract, OpenNMT's `map_state`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+
+from torch import Tensor, nn
+
+# Decoder cache: every tensor batch-first (dim 0 = B), opaque to search.
+State = dict[str, Tensor]
+
+
+@dataclass
+class Memory:
+    """What the encoder hands to the decoder."""
+
+    states: Tensor  # (B, S, H) encoder outputs
+    mask: Tensor  # (B, S) bool, True = real source token
+
+
+@dataclass
+class DecoderOutput:
+    """One call of `Seq2Seq.decode` over T target positions."""
+
+    logits: Tensor  # (B, T, V) unnormalised scores of the next token
+    state: State  # cache to pass back to continue decoding after these T positions
+    # (B, T, S) attention over source positions, only when asked for (need_weights=True):
+    # the RNN's Bahdanau alignment; the Transformer's last-layer cross-attention averaged
+    # over heads. Each row sums to 1 over real source positions; padding gets exactly 0.
+    attn: Tensor | None = None
+    # Per decoder layer, (B, N, T, S) cross-attention per head (the RNN has one layer, one head).
+    layer_attn: tuple[Tensor, ...] | None = None
+
+
+class Seq2Seq(nn.Module, ABC):
+    """An encoder-decoder translation model."""
+
+    @abstractmethod
+    def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
+        """Encode source ids `src` (B, S) with `src_mask` (B, S) into a `Memory`."""
+
+    @abstractmethod
+    def decode(
+        self,
+        tgt_in: Tensor,
+        memory: Memory,
+        state: State | None = None,
+        need_weights: bool = False,
+    ) -> DecoderOutput:
+        """Score the next token after each position of `tgt_in` (B, T).
+
+        With `state=None`, `tgt_in` starts at BOS (teacher forcing over a whole target, or the
+        first step of search). With the `state` of an earlier call, `tgt_in` continues where that
+        call stopped (incremental decoding; T is usually 1). Both give the same logits.
+        """
+
+    def forward(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, need_weights: bool = False
+    ) -> DecoderOutput:
+        """Teacher forcing: logits (B, T, V) for every position of `tgt_in`."""
+        return self.decode(tgt_in, self.encode(src, src_mask), need_weights=need_weights)
+
+
+def select(x: Memory | State, index: Tensor) -> Memory | State:
+    """Pick batch rows `index` (1-D long) of a `Memory` or `State`: tiles and reorders beams."""
+    if isinstance(x, Memory):
+        return replace(
+            x, states=x.states.index_select(0, index), mask=x.mask.index_select(0, index)
+        )
+    return {key: value.index_select(0, index) for key, value in x.items()}
