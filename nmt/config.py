@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -43,7 +43,7 @@ class DataConfig:
 
     name: str = "multi30k_de_en"  # names the cache folder; not part of the fingerprint
     format: str = "text"  # text (one file per side) | tsv (one file, two columns) | hub
-    root: str = "${oc.env:NMT_DATA_DIR,../shared/data/multi30k}"  # relative to the working dir
+    root: str = MISSING  # corpus folder, relative to the working directory; data/*.yaml set it
     src_lang: str = "de"
     tgt_lang: str = "en"
     train_split: str = "train"

@@ -20,3 +20,8 @@ def multi30k_root() -> Path:
             "scripts/fetch_multi30k.sh"
         )
     return MULTI30K_ROOT
+
+
+# Nothing in the tests may wait on the network (set before `datasets` is imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

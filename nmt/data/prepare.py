@@ -1,0 +1,252 @@
+"""Corpus -> cleaned pairs -> SentencePiece -> encoded Arrow, cached by a fingerprint.
+
+The cache folder `<data.cache_dir>/<data.name>-<fingerprint>/` holds everything a run needs:
+`splits/` (a `DatasetDict` saved as Arrow with columns src, tgt, src_ids, tgt_ids, src_len,
+tgt_len), the SentencePiece model(s) and `meta.json` with the statistics. The fingerprint
+covers every input that changes the result, so a second `make data` is a cache hit and a
+changed setting or corpus file rebuilds. A build writes to a temporary folder and renames it
+into place, so an interrupted build never leaves a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from nmt.config import DataConfig
+from nmt.data.clean import DROP_RULES, clean
+from nmt.data.corpus import data_root, file_signature, load_split, split_files
+from nmt.errors import UserError
+from nmt.tokenizer import Tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+# Bump when this module changes what it writes, so that older caches are not reused.
+PIPELINE_VERSION = 1
+# A worker process costs about a second to start: only split work across processes
+# for splits with at least this many pairs per process.
+MIN_PAIRS_PER_PROC = 50_000
+
+
+@dataclass
+class PreparedData:
+    """The result of `prepare`: encoded splits and the tokenizers that made them."""
+
+    path: Path
+    splits: datasets.DatasetDict
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    stats: dict
+    cache_hit: bool
+
+
+def split_names(cfg: DataConfig) -> list[str]:
+    """Train, validation and test splits, each once, in that order."""
+    return list(dict.fromkeys([cfg.train_split, cfg.valid_split, *cfg.test_splits]))
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """A hash of everything that changes the prepared data (and nothing that does not)."""
+    if cfg.format == "hub":
+        sources: object = [cfg.hub_path, cfg.hub_name, cfg.hub_revision, cfg.hub_data_files]
+    else:
+        data_root(cfg)
+        sources = {split: file_signature(split_files(cfg, split)) for split in split_names(cfg)}
+    payload = {
+        "version": PIPELINE_VERSION,
+        "format": cfg.format,
+        "langs": [cfg.src_lang, cfg.tgt_lang],
+        "splits": split_names(cfg),
+        "tsv_columns": list(cfg.tsv_columns) if cfg.format == "tsv" else None,
+        "max_train_pairs": cfg.max_train_pairs,
+        "clean": dataclasses.asdict(cfg.clean),
+        "spm": dataclasses.asdict(cfg.spm),
+        "sources": sources,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare(cfg: DataConfig) -> PreparedData:
+    """Return the prepared data for `cfg`, building and caching it unless already cached."""
+    start = time.perf_counter()
+    datasets.disable_progress_bars()
+    path = Path(cfg.cache_dir) / f"{cfg.name}-{fingerprint(cfg)}"
+    cache_hit = (path / "meta.json").is_file()
+    if not cache_hit:
+        log.info("data cache miss: building %s", path)
+        _build(cfg, path)
+    meta = json.loads((path / "meta.json").read_text())
+    stats = meta["stats"]
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    src_tokenizer = Tokenizer(path / meta["src_spm"])
+    tgt_tokenizer = Tokenizer(path / meta["tgt_spm"])
+    splits = datasets.load_from_disk(str(path / "splits"))
+    return PreparedData(path, splits, src_tokenizer, tgt_tokenizer, stats, cache_hit)
+
+
+def _num_proc(cfg: DataConfig, num_pairs: int) -> int | None:
+    num_proc = min(cfg.num_proc, num_pairs // MIN_PAIRS_PER_PROC)
+    return num_proc if num_proc > 1 else None
+
+
+def _build(cfg: DataConfig, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        splits, split_stats = _load_and_clean(cfg, tmp / "hf")
+        src_tokenizer, tgt_tokenizer = _train_tokenizers(cfg, splits[cfg.train_split], tmp)
+        encoder = _Encoder(src_tokenizer.path, tgt_tokenizer.path)
+        for name, split in splits.items():
+            splits[name] = split.map(
+                encoder, batched=True, num_proc=_num_proc(cfg, len(split)), desc=f"encode {name}"
+            )
+            split_stats[name]["avg_src_subwords"] = _mean(splits[name]["src_len"])
+            split_stats[name]["avg_tgt_subwords"] = _mean(splits[name]["tgt_len"])
+        splits.save_to_disk(str(tmp / "splits"))
+        meta = {
+            "fingerprint": path.name.rsplit("-", 1)[-1],
+            "config": dataclasses.asdict(cfg),
+            "src_spm": src_tokenizer.path.name,
+            "tgt_spm": tgt_tokenizer.path.name,
+            "stats": {
+                "splits": split_stats,
+                "src_vocab_size": src_tokenizer.vocab_size,
+                "tgt_vocab_size": tgt_tokenizer.vocab_size,
+                "joint_vocab": cfg.spm.joint,
+            },
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(tmp / "hf")  # intermediate Arrow files; splits/ holds the result
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not (path / "meta.json").is_file():  # not a concurrent build that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_and_clean(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.DatasetDict, dict]:
+    splits, stats = datasets.DatasetDict(), {}
+    for name in split_names(cfg):
+        raw = load_split(cfg, name, hf_cache)
+        if name == cfg.train_split and cfg.max_train_pairs is not None:
+            raw = raw.select(range(min(cfg.max_train_pairs, len(raw))))
+        # Only training pairs are filtered: validation and test keep every line, in order,
+        # so that line i of a prepared split is line i of its reference file.
+        is_train = name == cfg.train_split
+        kept, dropped = clean(raw, cfg.clean, _num_proc(cfg, len(raw)), drop=is_train)
+        if len(kept) == 0:
+            raise UserError(
+                f"split '{name}' of data '{cfg.name}' is empty after cleaning ({len(raw)} pairs "
+                f"read, dropped {dict(dropped)}): check the corpus (data.root, data.*_pattern, "
+                "data.hub_*) or loosen data.clean.*"
+            )
+        splits[name] = kept
+        stats[name] = {
+            "pairs_read": len(raw),
+            "pairs_kept": len(kept),
+            "dropped": {rule: dropped.get(rule, 0) for rule in DROP_RULES},
+        }
+    return splits, stats
+
+
+def _train_tokenizers(
+    cfg: DataConfig, train: datasets.Dataset, out: Path
+) -> tuple[Tokenizer, Tokenizer]:
+    """SentencePiece on the training split only: one joint model, or one per side."""
+    try:
+        if cfg.spm.joint:
+            joint = train_tokenizer(_texts(train, "src", "tgt"), out / "spm", cfg.spm)
+            return joint, joint
+        return (
+            train_tokenizer(_texts(train, "src"), out / "spm.src", cfg.spm),
+            train_tokenizer(_texts(train, "tgt"), out / "spm.tgt", cfg.spm),
+        )
+    except RuntimeError as error:
+        message = str(error)
+        if "Vocabulary size too high" in message:
+            limit = message.rsplit("<=", 1)[-1].strip(" .")
+            raise UserError(
+                f"data.spm.vocab_size={cfg.spm.vocab_size} is too large for {len(train)} "
+                f"training pairs: set it to at most {limit}"
+            ) from None
+        if "smaller than required_chars" in message:
+            needed = re.search(r"(\d+) vs (\d+)", message)
+            at_least = needed.group(2) if needed else "more"
+            raise UserError(
+                f"data.spm.vocab_size={cfg.spm.vocab_size} is too small for the characters of "
+                f"the training text: set it to at least {at_least}, or lower "
+                "data.spm.character_coverage"
+            ) from None
+        raise
+
+
+def _texts(dataset: datasets.Dataset, *columns: str) -> Iterator[str]:
+    for batch in dataset.iter(batch_size=10_000):
+        for column in columns:
+            yield from batch[column]
+
+
+class _Encoder:
+    """Batched encoding for `Dataset.map`; loads SentencePiece lazily so it pickles to workers."""
+
+    def __init__(self, src_model: Path, tgt_model: Path) -> None:
+        self.models = (src_model, tgt_model)
+        self.tokenizers: tuple[Tokenizer, Tokenizer] | None = None
+
+    def __getstate__(self) -> dict:
+        return {"models": self.models, "tokenizers": None}
+
+    def __call__(self, batch: dict) -> dict:
+        if self.tokenizers is None:
+            self.tokenizers = (Tokenizer(self.models[0]), Tokenizer(self.models[1]))
+        src_ids = self.tokenizers[0].encode(batch["src"])
+        tgt_ids = self.tokenizers[1].encode(batch["tgt"])
+        return {
+            "src_ids": src_ids,
+            "tgt_ids": tgt_ids,
+            "src_len": [len(ids) for ids in src_ids],
+            "tgt_len": [len(ids) for ids in tgt_ids],
+        }
+
+
+def _mean(values: list[int]) -> float:
+    return round(sum(values) / max(len(values), 1), 2)
+
+
+def format_stats(data: PreparedData) -> str:
+    """A table of what preparation did, for the `nmt data` command and training logs."""
+    stats = data.stats
+    lines = [
+        f"{'split':<20} {'read':>8} {'kept':>8} {'empty':>6} {'long':>6} {'ratio':>6}"
+        f" {'src sw':>7} {'tgt sw':>7}"
+    ]
+    for name, split in stats["splits"].items():
+        dropped = split["dropped"]
+        lines.append(
+            f"{name:<20} {split['pairs_read']:>8} {split['pairs_kept']:>8} {dropped['empty']:>6}"
+            f" {dropped['too_long']:>6} {dropped['ratio']:>6} {split['avg_src_subwords']:>7.2f}"
+            f" {split['avg_tgt_subwords']:>7.2f}"
+        )
+    vocab = (
+        f"joint vocabulary {stats['src_vocab_size']}"
+        if stats["joint_vocab"]
+        else f"vocabulary src {stats['src_vocab_size']} / tgt {stats['tgt_vocab_size']}"
+    )
+    hit = "cache hit" if data.cache_hit else "cache miss (built)"
+    lines.append(f"{vocab}; sw = average subwords per sentence")
+    lines.append(f"{hit}: {data.path} in {stats['seconds']:.1f} s")
+    return "\n".join(lines)
