@@ -1,0 +1,79 @@
+"""Token-budget batching: the budget holds, plans are reproducible, shards split the work."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from nmt.data.batching import collate, padded_len, padding_stats, plan_batches, shard
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+def random_lengths(num: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    rng = random.Random(seed)
+    src = [rng.randint(1, 60) for _ in range(num)]
+    return src, [max(1, s + rng.randint(-10, 10)) for s in src]
+
+
+@pytest.mark.parametrize("max_tokens", [128, 1000, 4096])
+def test_budget_is_never_exceeded_and_every_row_is_used(max_tokens: int):
+    src, tgt = random_lengths(2000)
+    batches = plan_batches(src, tgt, max_tokens, seed=1, epoch=0)
+    for batch in batches:
+        padded_src = padded_len(max(src[i] for i in batch) + 1, 8)
+        padded_tgt = padded_len(max(tgt[i] for i in batch) + 1, 8)
+        assert len(batch) * (padded_src + padded_tgt) <= max_tokens
+    used = sorted(i for batch in batches for i in batch)
+    fits = [
+        i
+        for i in range(2000)
+        if padded_len(src[i] + 1, 8) + padded_len(tgt[i] + 1, 8) <= max_tokens
+    ]
+    assert used == fits
+    # a collated batch has exactly the padded sizes the plan counted
+    batch = batches[0]
+    collated = collate([[5] * src[i] for i in batch], [[6] * tgt[i] for i in batch], batch)
+    assert collated.src.numel() + collated.tgt_in.numel() <= max_tokens
+
+
+def test_plan_is_a_function_of_seed_and_epoch():
+    src, tgt = random_lengths(500)
+    assert plan_batches(src, tgt, 512, seed=3, epoch=2) == plan_batches(
+        src, tgt, 512, seed=3, epoch=2
+    )
+    assert plan_batches(src, tgt, 512, seed=3, epoch=2) != plan_batches(
+        src, tgt, 512, seed=3, epoch=3
+    )
+    fixed = plan_batches(src, tgt, 512)
+    assert [i for b in fixed for i in b] == sorted(range(500), key=lambda i: (src[i], tgt[i], 0.0))
+
+
+def test_sorting_keeps_padding_low():
+    src, tgt = random_lengths(2000)
+    sorted_plan = plan_batches(src, tgt, 2048, seed=0)
+    stats = padding_stats(sorted_plan, src, tgt)
+    rng = random.Random(0)
+    shuffled = list(range(2000))
+    rng.shuffle(shuffled)
+    naive = [shuffled[i : i + len(sorted_plan[0])] for i in range(0, 2000, len(sorted_plan[0]))]
+    assert stats["padding"] < 0.5 * padding_stats(naive, src, tgt)["padding"]
+
+
+def test_shards_are_disjoint_and_equal():
+    batches = plan_batches(*random_lengths(1000), 600, seed=0)
+    shards = [shard(batches, rank, 3) for rank in range(3)]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(batches) // 3
+    flat = [tuple(b) for s in shards for b in s]
+    assert len(flat) == len(set(flat))
+
+
+def test_collate_adds_specials_and_pads():
+    batch = collate([[7, 8, 9], [10]], [[11], [12, 13]], [4, 2], pad_multiple=1)
+    assert batch.src.tolist() == [[7, 8, 9, EOS_ID], [10, EOS_ID, PAD_ID, PAD_ID]]
+    assert batch.src_mask.tolist() == [[True] * 4, [True, True, False, False]]
+    assert batch.tgt_in.tolist() == [[BOS_ID, 11, PAD_ID], [BOS_ID, 12, 13]]
+    assert batch.tgt_out.tolist() == [[11, EOS_ID, PAD_ID], [12, 13, EOS_ID]]
+    assert batch.indices.tolist() == [4, 2] and batch.num_tgt_tokens == 5
+    assert batch.to(torch.device("cpu")).src.equal(batch.src)
