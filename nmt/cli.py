@@ -86,16 +86,14 @@ def data_command(dict_cfg: DictConfig) -> None:
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
 def train_command(dict_cfg: DictConfig) -> None:
-    """Prepare the data, save the resolved config in the run directory, then train."""
-    from nmt.data import format_stats, prepare
+    """Save the resolved config in the run directory, then train (preparing data first)."""
+    from nmt.train import train
 
     cfg = typed(dict_cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
     with user_errors():
-        data = prepare(cfg.data)
-        log.info("data:\n%s", format_stats(data))
-        raise UserError("training is not implemented yet (issue #4: trainer)")
+        train(cfg, run_dir)
 
 
 def _not_implemented(what: str) -> Callable[[], None]:

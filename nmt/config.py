@@ -109,10 +109,14 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
     compile: bool = False
+    pad_multiple: int = 8  # pad batch lengths to a multiple: few shapes for compiled kernels
     validate_every: int = 1000  # steps; validation also runs at each epoch end
+    valid_beam_size: int = 1  # search used for validation BLEU (1 = greedy)
+    num_heatmaps: int = 3  # validation sentences whose attention goes to TensorBoard
     patience: int | None = 10  # validations without BLEU improvement before stopping
-    keep_last: int = 3
-    log_every: int = 100
+    keep_last: int = 3  # step checkpoints kept besides best.pt
+    log_every: int = 100  # steps between TensorBoard scalar writes
+    max_nonfinite: int = 10  # consecutive non-finite losses tolerated before stopping
     resume: bool = True  # continue from the run directory's latest checkpoint if present
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.data.conftest import toy_pairs, write_text_pair
+from tests.toy import write_toy_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,10 +18,7 @@ def run_nmt(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
 
 
 def local_corpus(tmp_path: Path) -> list[str]:
-    root = tmp_path / "corpus"
-    root.mkdir()
-    for split, seed in (("train", 0), ("valid", 1), ("test", 2)):
-        write_text_pair(root, split, toy_pairs(100 if split == "train" else 10, seed))
+    root = write_toy_corpus(tmp_path / "corpus", {"train": 100, "valid": 10, "test": 10})
     return [
         "data=local_files",
         f"data.root={root}",

@@ -2,10 +2,11 @@
 
 The cache folder `<data.cache_dir>/<data.name>-<fingerprint>/` holds everything a run needs:
 `splits/` (a `DatasetDict` saved as Arrow with columns src, tgt, src_ids, tgt_ids, src_len,
-tgt_len), the SentencePiece model(s) and `meta.json` with the statistics. The fingerprint
-covers every input that changes the result, so a second `make data` is a cache hit and a
-changed setting or corpus file rebuilds. A build writes to a temporary folder and renames it
-into place, so an interrupted build never leaves a half-written cache behind.
+tgt_len, and for validation and test splits `ref`, the raw reference line), the SentencePiece
+model(s) and `meta.json` with the statistics. The fingerprint covers every input that changes
+the result, so a second `make data` is a cache hit and a changed setting or corpus file
+rebuilds. A build writes to a temporary folder and renames it into place, so an interrupted
+build never leaves a half-written cache behind.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from nmt.tokenizer import Tokenizer, train_tokenizer
 log = logging.getLogger(__name__)
 
 # Bump when this module changes what it writes, so that older caches are not reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 # A worker process costs about a second to start: only split work across processes
 # for splits with at least this many pairs per process.
 MIN_PAIRS_PER_PROC = 50_000
@@ -147,6 +148,8 @@ def _load_and_clean(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.DatasetDi
         # Only training pairs are filtered: validation and test keep every line, in order,
         # so that line i of a prepared split is line i of its reference file.
         is_train = name == cfg.train_split
+        if not is_train:  # references are scored as they are in the file, before cleaning
+            raw = raw.add_column("ref", raw["tgt"])
         kept, dropped = clean(raw, cfg.clean, _num_proc(cfg, len(raw)), drop=is_train)
         if len(kept) == 0:
             raise UserError(

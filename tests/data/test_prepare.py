@@ -121,6 +121,8 @@ def test_evaluation_splits_are_never_filtered(toy_cfg: DataConfig, toy_root: Pat
     (toy_root / "test.src").write_text("\n".join(lines) + "\n")
     test = prepare(toy_cfg).splits["test"]
     assert len(test) == 20 and test["src"][3] == "" and test["src_ids"][3] == []
+    references = (toy_root / "test.tgt").read_text().splitlines()
+    assert test["ref"] == references
 
 
 @pytest.mark.multi30k

@@ -1,0 +1,89 @@
+"""The process's place in a `torchrun` job (or a single process) and the few collectives we use."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from nmt.errors import UserError
+
+T = TypeVar("T")
+
+
+def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
+    """`auto` picks CUDA when present; `cuda` without a GPU is a user error."""
+    if setting not in ("auto", "cpu", "cuda"):
+        raise UserError(f"train.device={setting}: use auto, cpu or cuda")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but PyTorch sees no CUDA device: use auto or cpu")
+    if setting == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+@dataclass
+class Distributed:
+    """Rank, world size and device; NCCL between GPUs, gloo between CPU processes."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @classmethod
+    def from_env(cls, device_setting: str) -> Distributed:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = resolve_device(device_setting, local_rank)
+        if world_size > 1 and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            # TF32 tensor cores for fp32 matrix products on Ampere and newer.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        rank = dist.get_rank() if world_size > 1 else 0
+        return cls(rank, world_size, device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def rank_zero_first(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on rank 0, then on the others (e.g. build a cache once, then read it)."""
+        if not self.is_main:
+            self.barrier()
+        result = fn()
+        if self.is_main:
+            self.barrier()
+        return result
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's value of `flag` on every rank."""
+        if self.world_size == 1:
+            return flag
+        tensor = torch.tensor([int(flag)], device=self.device)
+        dist.broadcast(tensor, src=0)
+        return bool(tensor.item())
+
+    def broadcast_lr(self, optimizer: torch.optim.Optimizer) -> None:
+        """Rank 0's learning rates on every rank (a plateau schedule steps on rank 0 only)."""
+        if self.world_size == 1:
+            return
+        rates = torch.tensor([g["lr"] for g in optimizer.param_groups], device=self.device)
+        dist.broadcast(rates, src=0)
+        for group, rate in zip(optimizer.param_groups, rates.tolist()):
+            group["lr"] = rate
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
