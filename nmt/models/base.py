@@ -24,7 +24,7 @@ State = dict[str, Tensor]
 class Memory:
     """What the encoder hands to the decoder."""
 
-    states: Tensor  # (B, S, H) encoder outputs
+    states: Tensor  # (B, S, H) encoder outputs (the bidirectional RNN's are 2 x hidden_size wide)
     mask: Tensor  # (B, S) bool, True = real source token
 
 
@@ -69,6 +69,14 @@ class Seq2Seq(nn.Module, ABC):
     ) -> DecoderOutput:
         """Teacher forcing: logits (B, T, V) for every position of `tgt_in`."""
         return self.decode(tgt_in, self.encode(src, src_mask), need_weights=need_weights)
+
+    def flops_per_token(self, src_len: float, tgt_len: float) -> float:
+        """Approximate training FLOPs (forward + backward) per target token.
+
+        `src_len` and `tgt_len` are average sentence lengths in tokens. Counts matrix products
+        only (2 FLOPs per multiply-add; backward = 2 x forward), as `model_summary` reports.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not estimate its FLOPs")
 
 
 def select(x: Memory | State, index: Tensor) -> Memory | State:
