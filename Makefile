@@ -58,10 +58,10 @@ else
 endif
 
 translate: ## translate INPUT (default stdin) to OUTPUT (default stdout) with CKPT
-	$(NMT) translate ckpt=$(CKPT) $(if $(INPUT),input=$(INPUT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+	$(NMT) translate translate.ckpt=$(CKPT) $(if $(INPUT),translate.input=$(INPUT)) $(if $(OUTPUT),translate.output=$(OUTPUT)) $(ARGS)
 
 evaluate: ## translate the test sets with CKPT and score them with sacreBLEU
-	$(NMT) evaluate ckpt=$(CKPT) $(ARGS)
+	$(NMT) evaluate translate.ckpt=$(CKPT) $(ARGS)
 
 tensorboard: ## serve TensorBoard for RUN (a run directory or a parent of runs)
 	$(VENV)/bin/tensorboard --logdir $(RUN)

@@ -96,19 +96,41 @@ def train_command(dict_cfg: DictConfig) -> None:
         train(cfg, run_dir)
 
 
-def _not_implemented(what: str) -> Callable[[], None]:
-    def command() -> None:
-        print(f"nmt: error: {what} is not implemented yet", file=sys.stderr)
-        sys.exit(2)
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
+def translate_command(dict_cfg: DictConfig) -> None:
+    """Translate `translate.input` (or stdin) into `translate.output` (or stdout)."""
+    from nmt.translate import translate_file
 
-    return command
+    cfg = typed(dict_cfg)
+    with user_errors():
+        translate_file(cfg)
+
+
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
+def evaluate_command(dict_cfg: DictConfig) -> None:
+    """Score a checkpoint on its test sets, or a hypothesis file against a reference file."""
+    from nmt.evaluate import evaluate_checkpoint, format_scores, score_files
+
+    cfg = typed(dict_cfg)
+    settings = cfg.translate
+    with user_errors():
+        if settings.hypotheses or settings.references:
+            if not (settings.hypotheses and settings.references):
+                raise UserError("give both translate.hypotheses and translate.references")
+            print(
+                format_scores([score_files(Path(settings.hypotheses), Path(settings.references))])
+            )
+            return
+        record = evaluate_checkpoint(cfg)
+        print(format_scores(record["results"]))
+        print(f"wrote {record['path']}")
 
 
 COMMANDS: dict[str, tuple[Callable[[], None], list[str]]] = {
     "data": (data_command, NO_RUN_DIR),
     "train": (train_command, []),
-    "translate": (_not_implemented("translate (issue #5: translation and scoring)"), []),
-    "evaluate": (_not_implemented("evaluate (issue #5: translation and scoring)"), []),
+    "translate": (translate_command, NO_RUN_DIR),
+    "evaluate": (evaluate_command, NO_RUN_DIR),
 }
 
 

@@ -112,6 +112,7 @@ class TrainConfig:
     pad_multiple: int = 8  # pad batch lengths to a multiple: few shapes for compiled kernels
     validate_every: int = 1000  # steps; validation also runs at each epoch end
     valid_beam_size: int = 1  # search used for validation BLEU (1 = greedy)
+    max_valid_sentences: int | None = None  # validate on the first N sentences; null for all
     num_heatmaps: int = 3  # validation sentences whose attention goes to TensorBoard
     patience: int | None = 10  # validations without BLEU improvement before stopping
     keep_last: int = 3  # step checkpoints kept besides best.pt
@@ -133,6 +134,26 @@ class DecodeConfig:
 
 
 @dataclass
+class TranslateConfig:
+    """`nmt translate` and `nmt evaluate`: which checkpoint, which text, where to write."""
+
+    ckpt: str | None = None  # a checkpoint file, or a run directory (its best.pt)
+    input: str | None = None  # translate: a text file, one sentence a line; null for stdin
+    output: str | None = None  # translate: the file to write; null for stdout
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    max_tokens: int = 8192  # source tokens per batch (sentences are sorted by length first)
+    chunk_lines: int = 20_000  # input lines read, sorted and translated at a time (streaming)
+    strict: bool = False  # bad bytes / control characters: error naming the line, not a warning
+    nbest_tsv: str | None = None  # translate: also write the n-best lists (decode.nbest) as TSV
+    attention_dir: str | None = None  # translate: one attention heatmap PNG per sentence
+    splits: list[str] | None = None  # evaluate: default, the checkpoint's valid and test splits
+    data_root: str | None = None  # evaluate: the corpus folder, if not where training read it
+    hypotheses: str | None = None  # evaluate: score this file against `references` instead
+    references: str | None = None
+
+
+@dataclass
 class Config:
     """The whole composed configuration of one run."""
 
@@ -140,6 +161,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
     name: str = "default"  # experiment name; runs go to runs/<name>/<timestamp>
 
 

@@ -7,8 +7,10 @@ lines (the split's `ref` column), reported with their signatures.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from contextlib import nullcontext
+import tempfile
+from pathlib import Path
 
 import datasets
 import torch
@@ -18,6 +20,8 @@ from sacrebleu.metrics import BLEU, CHRF
 from nmt.config import Config, DecodeConfig
 from nmt.data import PreparedData
 from nmt.data.batching import collate, iterate_batches, plan_batches
+from nmt.distributed import autocast
+from nmt.errors import UserError
 from nmt.models.base import Seq2Seq
 from nmt.search import search
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
@@ -47,11 +51,6 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> Scores:
     return Scores(
         bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature())
     )
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Mixed precision for bf16/fp16; nothing for fp32."""
-    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 @torch.inference_mode()
@@ -112,6 +111,8 @@ def validate(
 ) -> ValidationResult:
     """Loss, perplexity, BLEU and chrF on the validation split (search: train.valid_beam_size)."""
     split = data.splits[cfg.data.valid_split]
+    if cfg.train.max_valid_sentences is not None:
+        split = split.select(range(min(cfg.train.max_valid_sentences, len(split))))
     loss = split_loss(model, split, device, precision, 2 * cfg.train.max_tokens)
     decode = dataclasses.replace(cfg.decode, beam_size=cfg.train.valid_beam_size, nbest=1)
     hypotheses = translate_split(
@@ -143,3 +144,66 @@ def attention_maps(
     output = model(src, torch.ones_like(src, dtype=torch.bool), tgt_in, need_weights=True)
     model.train()
     return tuple(layer[0].float().cpu() for layer in output.layer_attn)
+
+
+def _read_text(path: Path, key: str) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist ({key})")
+    return path.read_text(encoding="utf-8").split("\n")[:-1] if path.stat().st_size else []
+
+
+def score_files(hypotheses: Path, references: Path) -> dict:
+    """sacreBLEU of a hypothesis file against a reference file, as a `format_scores` row."""
+    hyps = _read_text(hypotheses, "translate.hypotheses")
+    refs = _read_text(references, "translate.references")
+    if len(hyps) != len(refs):
+        raise UserError(
+            f"{hypotheses} has {len(hyps)} lines but {references} has {len(refs)}: "
+            "a translation has one line per reference line"
+        )
+    scores = corpus_scores(hyps, refs)
+    return {"split": hypotheses.name, "lines": len(hyps), **dataclasses.asdict(scores)}
+
+
+def evaluate_checkpoint(cfg: Config) -> dict:
+    """Translate the checkpoint's validation and test splits (or `translate.splits`) and score
+    them against the raw reference files; write the results as JSON next to the checkpoint."""
+    from nmt.data.corpus import load_split
+    from nmt.translate import Translator
+
+    settings = cfg.translate
+    if settings.ckpt is None:
+        raise UserError("translate.ckpt is required: a checkpoint file or a run directory")
+    translator = Translator.load(settings.ckpt, settings.device, settings.precision)
+    data_cfg = translator.cfg.data
+    if settings.data_root:
+        data_cfg = dataclasses.replace(data_cfg, root=settings.data_root)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for split in settings.splits or [data_cfg.valid_split, *data_cfg.test_splits]:
+            raw = load_split(data_cfg, split, Path(tmp))
+            results = translator.translate(
+                raw["src"], cfg.decode, settings.max_tokens, settings.chunk_lines
+            )
+            hypotheses = [translator.detokenize(nbest[0]) for _, nbest, _ in results]
+            scores = corpus_scores(hypotheses, raw["tgt"])
+            rows.append({"split": split, "lines": len(hypotheses), **dataclasses.asdict(scores)})
+    ckpt = Path(settings.ckpt)
+    out = ckpt / "eval_best.json" if ckpt.is_dir() else ckpt.with_name(f"eval_{ckpt.stem}.json")
+    record = {"checkpoint": str(ckpt), "decode": dataclasses.asdict(cfg.decode), "results": rows}
+    out.write_text(json.dumps(record, indent=2))
+    record["path"] = str(out)
+    return record
+
+
+def format_scores(rows: list[dict]) -> str:
+    """A table of BLEU and chrF per split, with the sacreBLEU signatures under it."""
+    lines = [f"{'split':<22} {'lines':>6} {'BLEU':>7} {'chrF':>7}"]
+    for row in rows:
+        lines.append(
+            f"{row['split']:<22} {row['lines']:>6} {row['bleu']:>7.2f} {row['chrf']:>7.2f}"
+        )
+    lines.append(f"BLEU signature: {rows[0]['bleu_signature']}")
+    lines.append(f"chrF signature: {rows[0]['chrf_signature']}")
+    lines.append("(sacreBLEU on detokenized, cased output against the raw references)")
+    return "\n".join(lines)

@@ -23,9 +23,14 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 class Tokenizer:
     """A trained SentencePiece model: text <-> subword ids (no BOS/EOS added)."""
 
-    def __init__(self, model_path: str | Path) -> None:
-        self.path = Path(model_path)
-        self._sp = spm.SentencePieceProcessor(model_file=str(self.path))
+    def __init__(self, model: str | Path | bytes) -> None:
+        """Load a `.model` file, or the bytes of one (as checkpoints carry them)."""
+        if isinstance(model, bytes):
+            self.path = Path("<checkpoint>")
+            self._sp = spm.SentencePieceProcessor(model_proto=model)
+        else:
+            self.path = Path(model)
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.path))
         if (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id()) != (
             PAD_ID,
             UNK_ID,

@@ -32,9 +32,9 @@ from nmt.checkpoint import (
 from nmt.config import Config, TrainConfig
 from nmt.data import PreparedData, format_stats, prepare
 from nmt.data.batching import Batch, iterate_batches, padding_stats, plan_batches, shard
-from nmt.distributed import Distributed
+from nmt.distributed import Distributed, autocast, resolve_precision
 from nmt.errors import UserError
-from nmt.evaluate import autocast, validate
+from nmt.evaluate import validate
 from nmt.models import build_model, model_summary
 from nmt.models.base import Seq2Seq
 from nmt.tokenizer import PAD_ID
@@ -308,20 +308,6 @@ def restore(state: dict, model, optimizer, scheduler, scaler) -> None:
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
     random.setstate(state["rng"]["python"])
-
-
-def resolve_precision(setting: str, device: torch.device) -> torch.dtype:
-    """fp32 on CPU by default; bf16 on CUDA where supported, else fp16 (with loss scaling)."""
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if setting == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if setting not in dtypes:
-        raise UserError(f"train.precision={setting}: use auto, fp32, bf16 or fp16")
-    if setting == "fp16" and device.type != "cuda":
-        raise UserError("train.precision=fp16 needs a CUDA device: use fp32 or bf16 on CPU")
-    return dtypes[setting]
 
 
 def make_optimizer(model: Seq2Seq, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:

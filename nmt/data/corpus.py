@@ -114,6 +114,7 @@ def file_signature(paths: list[Path]) -> list[tuple[str, int, int]]:
 
 def load_split(cfg: DataConfig, split: str, cache_dir: Path) -> datasets.Dataset:
     """All raw pairs of one split as a Dataset with string columns `src` and `tgt`."""
+    datasets.disable_progress_bars()  # our commands print their own summaries
     if cfg.format == "hub":
         return _load_hub_split(cfg, split)
     paths = split_files(cfg, split)
