@@ -66,10 +66,9 @@ evaluate: ## translate the test sets with CKPT and score them with sacreBLEU
 tensorboard: ## serve TensorBoard for RUN (a run directory or a parent of runs)
 	$(VENV)/bin/tensorboard --logdir $(RUN)
 
-bench: ## run the benchmarks (scripts/bench_*.py): print tables, write JSON to bench_results/
-	@benches="$(wildcard scripts/bench_*.py)"; \
-	if [ -z "$$benches" ]; then echo "make bench: no benchmarks yet (not implemented yet: issues #4-#6)"; exit 2; fi; \
-	for script in $$benches; do $(PYTHON) $$script $(ARGS) || exit 1; done
+bench: ## training and decoding benchmarks on the device at hand: tables, JSON in bench_results/
+	$(PYTHON) scripts/bench_train.py
+	$(PYTHON) scripts/bench_decode.py
 
 clean: ## remove prepared data caches, caches of tools and Python bytecode (keeps runs/ and .venv)
 	rm -rf data/cache .pytest_cache .ruff_cache bench_results

@@ -129,7 +129,7 @@ class DecodeConfig:
     length_penalty: float = 1.0  # GNMT alpha; 0 disables
     max_len_a: float = 1.5  # max output length = a * source length + b
     max_len_b: int = 10
-    batch_size: int = 64  # sentences per batch
+    batch_size: int = 64  # most sentences per batch (translate.max_tokens also bounds it)
     nbest: int = 1
 
 

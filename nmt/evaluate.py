@@ -67,7 +67,8 @@ def translate_split(
     model.eval()
     src_lens = split["src_len"]
     # Search needs no target: plan on source lengths only, batches of similar length.
-    batches = plan_batches(src_lens, [0] * len(src_lens), max_tokens, pad_multiple=1)
+    batches = plan_batches(src_lens, [0] * len(src_lens), max_tokens, pad_multiple=1,
+                           max_sentences=cfg.batch_size)  # fmt: skip
     outputs: list[str] = [""] * len(split)
     for indices in batches:
         rows = split[indices]

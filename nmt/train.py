@@ -139,8 +139,9 @@ def loop(run: Run) -> None:
     split = run.data.splits[run.cfg.data.train_split]
     src_lens, tgt_lens = split["src_len"], split["tgt_len"]
     start = time.perf_counter() - progress.elapsed
-    bar = tqdm(total=cfg.max_steps, initial=progress.step, disable=not run.dist.is_main,
-               unit="step", dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+    bar = tqdm(total=_total_steps(cfg, src_lens, tgt_lens, run.dist.world_size),
+               initial=progress.step, disable=not run.dist.is_main, unit="step",
+               dynamic_ncols=True, mininterval=1.0)  # fmt: skip
     window = _Window()
     stop = False
     while not stop and (cfg.max_epochs is None or progress.epoch < cfg.max_epochs):
@@ -370,6 +371,16 @@ def _groups(batches, size: int):
         if len(group) == size:
             yield group
             group = []
+
+
+def _total_steps(cfg: TrainConfig, src_lens, tgt_lens, world_size: int) -> int | None:
+    """The step limit, for the progress bar's ETA: max_steps, or what max_epochs amount to."""
+    if cfg.max_epochs is None:
+        return cfg.max_steps
+    plan = plan_batches(src_lens, tgt_lens, cfg.max_tokens, cfg.pad_multiple)
+    per_epoch = len(plan) // world_size // cfg.accumulate
+    by_epochs = per_epoch * cfg.max_epochs
+    return by_epochs if cfg.max_steps is None else min(cfg.max_steps, by_epochs)
 
 
 def _over_limit(cfg: TrainConfig, progress: Progress) -> bool:

@@ -106,7 +106,9 @@ class Translator:
         results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, True)] for _ in src_ids]
         real = [i for i, ids in enumerate(src_ids) if ids]
         lengths = [len(src_ids[i]) for i in real]
-        for batch in plan_batches(lengths, [0] * len(real), max_tokens, pad_multiple=1):
+        plan = plan_batches(lengths, [0] * len(real), max_tokens, pad_multiple=1,
+                            max_sentences=decode.batch_size)  # fmt: skip
+        for batch in plan:
             rows = [real[i] for i in batch]
             padded = collate([src_ids[r] for r in rows], [[] for _ in rows], rows, pad_multiple=1)
             with autocast(self.device, self.precision):

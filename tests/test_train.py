@@ -127,6 +127,15 @@ def test_non_finite_losses_are_skipped_then_stop(tmp_path: Path, monkeypatch):
         train(cfg, tmp_path / "run")
 
 
+def test_bf16_autocast_path_trains(tmp_path: Path):
+    """The mixed-precision path (bf16 autocast; on CPU here, on CUDA by default)."""
+    progress = train(tiny_config(tmp_path, "transformer", precision="bf16", max_steps=3),
+                     tmp_path / "run")  # fmt: skip
+    assert progress.step == 3
+    state = load_checkpoint(tmp_path / "run" / "step_3.pt")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
 def test_settings_are_checked(tmp_path: Path):
     with pytest.raises(UserError, match=r"train\.precision=fp16 needs a CUDA device"):
         train(tiny_config(tmp_path, "rnn", precision="fp16"), tmp_path / "run")

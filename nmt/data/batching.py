@@ -53,13 +53,15 @@ def plan_batches(
     pad_multiple: int = 8,
     seed: int | None = None,
     epoch: int = 0,
+    max_sentences: int | None = None,
 ) -> list[list[int]]:
     """Group row indices into batches whose padded size B·S + B·T stays within `max_tokens`.
 
     Lengths count the added EOS (source) and BOS/EOS (target). Rows are sorted by length, with
     ties broken at random when `seed` is given, cut greedily into batches, and the batches are
     shuffled by (seed, epoch). With `seed=None` the order is sorted and fixed (validation).
-    Rows that alone exceed the budget are left out and counted in a warning.
+    Rows that alone exceed the budget are left out and counted in a warning. `max_sentences`
+    also caps the rows per batch.
     """
     rng = random.Random(f"{seed}-{epoch}") if seed is not None else None
     keys = [rng.random() for _ in src_lens] if rng else [0.0] * len(src_lens)
@@ -75,7 +77,8 @@ def plan_batches(
             num_too_long += 1
             continue
         new_src, new_tgt = max(max_src, src_len), max(max_tgt, tgt_len)
-        if batch and (len(batch) + 1) * (new_src + new_tgt) > max_tokens:
+        full = max_sentences is not None and len(batch) >= max_sentences
+        if batch and (full or (len(batch) + 1) * (new_src + new_tgt) > max_tokens):
             batches.append(batch)
             batch, new_src, new_tgt = [], src_len, tgt_len
         batch.append(index)

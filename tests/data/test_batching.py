@@ -77,3 +77,9 @@ def test_collate_adds_specials_and_pads():
     assert batch.tgt_out.tolist() == [[11, EOS_ID, PAD_ID], [12, 13, EOS_ID]]
     assert batch.indices.tolist() == [4, 2] and batch.num_tgt_tokens == 5
     assert batch.to(torch.device("cpu")).src.equal(batch.src)
+
+
+def test_max_sentences_caps_batches():
+    src, tgt = random_lengths(300)
+    batches = plan_batches(src, tgt, 100_000, max_sentences=7)
+    assert max(len(b) for b in batches) == 7 and sum(len(b) for b in batches) == 300
