@@ -19,7 +19,7 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from nmt.config import Config, DecodeConfig
 from nmt.data import PreparedData
-from nmt.data.batching import collate, iterate_batches, plan_batches
+from nmt.data.batching import collate, column, iterate_batches, plan_batches
 from nmt.distributed import autocast
 from nmt.errors import UserError
 from nmt.models.base import Seq2Seq
@@ -65,7 +65,7 @@ def translate_split(
 ) -> list[str]:
     """Detokenized translations of every row of `split`, in the split's order."""
     model.eval()
-    src_lens = split["src_len"]
+    src_lens = column(split, "src_len")
     # Search needs no target: plan on source lengths only, batches of similar length.
     batches = plan_batches(src_lens, [0] * len(src_lens), max_tokens, pad_multiple=1,
                            max_sentences=cfg.batch_size)  # fmt: skip
@@ -91,7 +91,7 @@ def split_loss(
     """Mean cross-entropy per target token (EOS included) under teacher forcing."""
     model.eval()
     total, num_tokens = 0.0, 0
-    plan = plan_batches(split["src_len"], split["tgt_len"], max_tokens)
+    plan = plan_batches(column(split, "src_len"), column(split, "tgt_len"), max_tokens)
     for batch in iterate_batches(split, plan):
         batch = batch.to(device)
         with autocast(device, precision):
@@ -119,7 +119,7 @@ def validate(
     hypotheses = translate_split(
         model, split, data.tgt_tokenizer, decode, device, precision, 2 * cfg.train.max_tokens
     )
-    scores = corpus_scores(hypotheses, split["ref"])
+    scores = corpus_scores(hypotheses, column(split, "ref"))
     model.train()
     return ValidationResult(
         **dataclasses.asdict(scores),
@@ -184,10 +184,10 @@ def evaluate_checkpoint(cfg: Config) -> dict:
         for split in settings.splits or [data_cfg.valid_split, *data_cfg.test_splits]:
             raw = load_split(data_cfg, split, Path(tmp))
             results = translator.translate(
-                raw["src"], cfg.decode, settings.max_tokens, settings.chunk_lines
+                column(raw, "src"), cfg.decode, settings.max_tokens, settings.chunk_lines
             )
             hypotheses = [translator.detokenize(nbest[0]) for _, nbest, _ in results]
-            scores = corpus_scores(hypotheses, raw["tgt"])
+            scores = corpus_scores(hypotheses, column(raw, "tgt"))
             rows.append({"split": split, "lines": len(hypotheses), **dataclasses.asdict(scores)})
     ckpt = Path(settings.ckpt)
     out = ckpt / "eval_best.json" if ckpt.is_dir() else ckpt.with_name(f"eval_{ckpt.stem}.json")

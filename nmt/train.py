@@ -31,7 +31,14 @@ from nmt.checkpoint import (
 )
 from nmt.config import Config, TrainConfig
 from nmt.data import PreparedData, format_stats, prepare
-from nmt.data.batching import Batch, iterate_batches, padding_stats, plan_batches, shard
+from nmt.data.batching import (
+    Batch,
+    column,
+    iterate_batches,
+    padding_stats,
+    plan_batches,
+    shard,
+)
 from nmt.distributed import Distributed, autocast, resolve_precision
 from nmt.errors import UserError
 from nmt.evaluate import validate
@@ -110,7 +117,8 @@ def setup(cfg: Config, run_dir: Path) -> Run:
     model = build_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
     model.to(dist.device)
     train_split = data.splits[cfg.data.train_split]
-    summary = model_summary(model, _mean(train_split["src_len"]), _mean(train_split["tgt_len"]))
+    src_lens, tgt_lens = column(train_split, "src_len"), column(train_split, "tgt_len")
+    summary = model_summary(model, _mean(src_lens), _mean(tgt_lens))
     if dist.is_main:
         log.info("data:\n%s", format_stats(data))
         log.info("model %s (precision %s, device %s):\n%s", cfg.model.arch, precision,
@@ -137,13 +145,13 @@ def loop(run: Run) -> None:
     """Epochs of optimiser steps until a step, epoch, time or patience limit is reached."""
     cfg, progress = run.cfg.train, run.progress
     split = run.data.splits[run.cfg.data.train_split]
-    src_lens, tgt_lens = split["src_len"], split["tgt_len"]
+    src_lens, tgt_lens = column(split, "src_len"), column(split, "tgt_len")
     start = time.perf_counter() - progress.elapsed
     bar = tqdm(total=_total_steps(cfg, src_lens, tgt_lens, run.dist.world_size),
                initial=progress.step, disable=not run.dist.is_main, unit="step",
                dynamic_ncols=True, mininterval=1.0)  # fmt: skip
     window = _Window()
-    stop = False
+    stop = _over_limit(cfg, progress)  # a resumed run may already be done
     while not stop and (cfg.max_epochs is None or progress.epoch < cfg.max_epochs):
         plan = plan_batches(src_lens, tgt_lens, cfg.max_tokens, cfg.pad_multiple,
                             seed=cfg.seed, epoch=progress.epoch)  # fmt: skip

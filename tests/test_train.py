@@ -72,6 +72,7 @@ def test_resume_gives_the_same_parameters(tmp_path: Path, arch: str):
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
     assert [p.name for p in step_checkpoints(halves)] == ["step_4.pt", "step_5.pt", "step_8.pt"]
+    assert train(straight, halves).step == 8  # a finished run resumed does nothing more
 
 
 @pytest.mark.parametrize("arch", ARCHS)

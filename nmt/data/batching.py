@@ -41,6 +41,12 @@ class Batch:
         return Batch(*(t.to(device, non_blocking=non_blocking) for t in tensors), self.indices)
 
 
+def column(split: datasets.Dataset, name: str) -> list:
+    """A whole column as a list. `datasets` >= 4 returns a lazy `Column` from `split[name]`,
+    whose every item access is an Arrow lookup: far too slow for sorting by length."""
+    return split[name][:]
+
+
 def padded_len(length: int, multiple: int) -> int:
     """`length` rounded up to a multiple: fewer distinct shapes for compiled kernels."""
     return -(-length // multiple) * multiple

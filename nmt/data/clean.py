@@ -56,7 +56,7 @@ def clean(
         return {"src": src, "tgt": tgt, "drop": rules}
 
     judged = dataset.map(judge, batched=True, num_proc=num_proc, desc="clean")
-    dropped = Counter(rule for rule in judged["drop"] if rule)
+    dropped = Counter(rule for rule in judged["drop"][:] if rule)  # [:] reads it at once
     kept = judged.filter(
         lambda drop: [not rule for rule in drop], input_columns="drop", batched=True
     )

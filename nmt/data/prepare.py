@@ -26,6 +26,7 @@ from pathlib import Path
 import datasets
 
 from nmt.config import DataConfig
+from nmt.data.batching import column
 from nmt.data.clean import DROP_RULES, clean
 from nmt.data.corpus import data_root, file_signature, load_split, split_files
 from nmt.errors import UserError
@@ -113,8 +114,8 @@ def _build(cfg: DataConfig, path: Path) -> None:
             splits[name] = split.map(
                 encoder, batched=True, num_proc=_num_proc(cfg, len(split)), desc=f"encode {name}"
             )
-            split_stats[name]["avg_src_subwords"] = _mean(splits[name]["src_len"])
-            split_stats[name]["avg_tgt_subwords"] = _mean(splits[name]["tgt_len"])
+            split_stats[name]["avg_src_subwords"] = _mean(column(splits[name], "src_len"))
+            split_stats[name]["avg_tgt_subwords"] = _mean(column(splits[name], "tgt_len"))
         splits.save_to_disk(str(tmp / "splits"))
         meta = {
             "fingerprint": path.name.rsplit("-", 1)[-1],
@@ -149,7 +150,7 @@ def _load_and_clean(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.DatasetDi
         # so that line i of a prepared split is line i of its reference file.
         is_train = name == cfg.train_split
         if not is_train:  # references are scored as they are in the file, before cleaning
-            raw = raw.add_column("ref", raw["tgt"])
+            raw = raw.add_column("ref", column(raw, "tgt"))
         kept, dropped = clean(raw, cfg.clean, _num_proc(cfg, len(raw)), drop=is_train)
         if len(kept) == 0:
             raise UserError(
@@ -199,8 +200,8 @@ def _train_tokenizers(
 
 def _texts(dataset: datasets.Dataset, *columns: str) -> Iterator[str]:
     for batch in dataset.iter(batch_size=10_000):
-        for column in columns:
-            yield from batch[column]
+        for name in columns:
+            yield from batch[name]
 
 
 class _Encoder:
