@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from nmt.config import Config, to_config
+from nmt.config import CONFIG_DIR, Config, to_config
 from nmt.errors import UserError
 
 log = logging.getLogger("nmt")
@@ -35,8 +35,8 @@ commands:
 Overrides are Hydra's: `nmt train model=rnn_bahdanau train.max_epochs=5`.
 `nmt <command> --help` lists the config groups and the composed config."""
 
-# The repository's configs/ folder (an absolute path: Hydra would read "../configs" as a module).
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+# An absolute path: Hydra would read "../configs" as a module.
+CONFIG_PATH = str(CONFIG_DIR)
 # Commands that write no run directory: Hydra logs to stderr only and saves nothing.
 NO_RUN_DIR = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=console"]
 
@@ -74,7 +74,7 @@ def typed(dict_cfg: DictConfig) -> Config:
     return cfg
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def data_command(dict_cfg: DictConfig) -> None:
     """Prepare the data and print what happened (a second run is a cache hit)."""
     from nmt.data import format_stats, prepare
@@ -84,7 +84,7 @@ def data_command(dict_cfg: DictConfig) -> None:
         print(format_stats(prepare(cfg.data)))
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def train_command(dict_cfg: DictConfig) -> None:
     """Save the resolved config in the run directory, then train (preparing data first)."""
     from nmt.train import train
@@ -96,7 +96,7 @@ def train_command(dict_cfg: DictConfig) -> None:
         train(cfg, run_dir)
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def translate_command(dict_cfg: DictConfig) -> None:
     """Translate `translate.input` (or stdin) into `translate.output` (or stdout)."""
     from nmt.translate import translate_file
@@ -106,7 +106,7 @@ def translate_command(dict_cfg: DictConfig) -> None:
         translate_file(cfg)
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def evaluate_command(dict_cfg: DictConfig) -> None:
     """Score a checkpoint on its test sets, or a hypothesis file against a reference file."""
     from nmt.evaluate import evaluate_checkpoint, format_scores, score_files

@@ -8,9 +8,13 @@ code receives these objects (via `to_config`), never a raw `DictConfig`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+# The repository's configs/ folder: the YAML options composed onto these schemas.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
@@ -175,6 +179,14 @@ def _register() -> None:
         ("decode", DecodeConfig),
     ):
         store.store(group=group, name=f"{group}_schema", node=schema)
+
+
+def model_config(name: str) -> ModelConfig:
+    """The typed `configs/model/<name>.yaml` (for scripts and tests outside Hydra)."""
+    path = CONFIG_DIR / "model" / f"{name}.yaml"
+    return OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+    )
 
 
 def to_config(cfg: DictConfig | Config) -> Config:

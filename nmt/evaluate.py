@@ -19,11 +19,10 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from nmt.config import Config, DecodeConfig
 from nmt.data import PreparedData
-from nmt.data.batching import collate, column, iterate_batches, plan_batches
+from nmt.data.batching import column, iterate_batches, plan_batches
 from nmt.distributed import autocast
 from nmt.errors import UserError
 from nmt.models.base import Seq2Seq
-from nmt.search import search
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
@@ -53,7 +52,6 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> Scores:
     )
 
 
-@torch.inference_mode()
 def translate_split(
     model: Seq2Seq,
     split: datasets.Dataset,
@@ -64,20 +62,10 @@ def translate_split(
     max_tokens: int = 8192,
 ) -> list[str]:
     """Detokenized translations of every row of `split`, in the split's order."""
-    model.eval()
-    src_lens = column(split, "src_len")
-    # Search needs no target: plan on source lengths only, batches of similar length.
-    batches = plan_batches(src_lens, [0] * len(src_lens), max_tokens, pad_multiple=1,
-                           max_sentences=cfg.batch_size)  # fmt: skip
-    outputs: list[str] = [""] * len(split)
-    for indices in batches:
-        rows = split[indices]
-        batch = collate(rows["src_ids"], [[] for _ in indices], indices, pad_multiple=1)
-        with autocast(device, precision):
-            result = search(model, batch.src.to(device), batch.src_mask.to(device), cfg)
-        for index, text in zip(indices, tokenizer.decode(result.tokens)):
-            outputs[index] = text
-    return outputs
+    from nmt.translate import search_in_order  # translate builds on this module's neighbours
+
+    found = search_in_order(model, column(split, "src_ids"), cfg, device, precision, max_tokens)
+    return tokenizer.decode([nbest[0].tokens for nbest in found])
 
 
 @torch.inference_mode()

@@ -126,9 +126,11 @@ def greedy_search(
         num_steps[active[done]] = t + 1
         if bool(done.all()):
             break
-        keep = (~done).nonzero().squeeze(1)
-        active, last = active[keep], token[keep, None]
-        memory, state = select(memory, keep), select(out.state, keep)
+        state, last = out.state, token[:, None]
+        if bool(done.any()):  # drop finished sentences; otherwise the cache stays as it is
+            keep = (~done).nonzero().squeeze(1)
+            active, last = active[keep], last[keep]
+            memory, state = select(memory, keep), select(state, keep)
 
     scores = scores / gnmt_penalty(num_steps, length_penalty)
     return _to_result(

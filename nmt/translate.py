@@ -8,7 +8,6 @@ control characters are replaced and counted (or, with `translate.strict`, stop w
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from nmt import viz
 from nmt.checkpoint import load_checkpoint
 from nmt.config import Config, DecodeConfig, from_dict
 from nmt.data.batching import collate, plan_batches
-from nmt.data.clean import normalize
+from nmt.data.clean import has_control_chars, normalize
 from nmt.distributed import autocast, resolve_device, resolve_precision
 from nmt.errors import UserError
 from nmt.models import build_model
@@ -30,8 +29,6 @@ from nmt.search import Hypothesis, search
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -98,25 +95,12 @@ class Translator:
         self.report.truncated += sum(len(x) > limit for x in ids)
         return [x[:limit] for x in ids]
 
-    @torch.inference_mode()
     def translate_ids(
         self, src_ids: list[list[int]], decode: DecodeConfig, max_tokens: int, attention: bool
     ) -> list[list[Hypothesis]]:
-        """n-best lists for encoded sentences, in their order; empty sources give no search."""
-        results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, True)] for _ in src_ids]
-        real = [i for i, ids in enumerate(src_ids) if ids]
-        lengths = [len(src_ids[i]) for i in real]
-        plan = plan_batches(lengths, [0] * len(real), max_tokens, pad_multiple=1,
-                            max_sentences=decode.batch_size)  # fmt: skip
-        for batch in plan:
-            rows = [real[i] for i in batch]
-            padded = collate([src_ids[r] for r in rows], [[] for _ in rows], rows, pad_multiple=1)
-            with autocast(self.device, self.precision):
-                found = search(self.model, padded.src.to(self.device),
-                               padded.src_mask.to(self.device), decode, attention)  # fmt: skip
-            for row, nbest in zip(rows, found.nbest):
-                results[row] = nbest
-        return results
+        """n-best lists for encoded sentences, in their order."""
+        return search_in_order(self.model, src_ids, decode, self.device, self.precision,
+                               max_tokens, attention)  # fmt: skip
 
     def translate(
         self,
@@ -144,7 +128,7 @@ class Translator:
 
     def _clean(self, line: str) -> str:
         self.report.num_lines += 1
-        if _CONTROL.search(line):
+        if has_control_chars(line):
             self.report.control += 1
         text = normalize(line, self.cfg.data.clean.normalization)
         self.report.empty += not text
@@ -153,6 +137,36 @@ class Translator:
     def detokenize(self, hypothesis: Hypothesis) -> str:
         """Detokenized text of one hypothesis, on one line whatever the vocabulary holds."""
         return " ".join(self.tgt_tokenizer.decode([hypothesis.tokens])[0].split())
+
+
+@torch.inference_mode()
+def search_in_order(
+    model: Seq2Seq,
+    src_ids: list[list[int]],
+    decode: DecodeConfig,
+    device: torch.device,
+    precision: torch.dtype = torch.float32,
+    max_tokens: int = 8192,
+    attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Search every source (ids without EOS) in length-sorted batches of at most `max_tokens`
+    source tokens and `decode.batch_size` sentences; n-best lists come back in input order.
+    An empty source gets an empty output without a search."""
+    model.eval()
+    results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, True)] for _ in src_ids]
+    real = [i for i, ids in enumerate(src_ids) if ids]
+    lengths = [len(src_ids[i]) for i in real]
+    plan = plan_batches(lengths, [0] * len(real), max_tokens, pad_multiple=1,
+                        max_sentences=decode.batch_size)  # fmt: skip
+    for batch in plan:
+        rows = [real[i] for i in batch]
+        padded = collate([src_ids[r] for r in rows], [[] for _ in rows], rows, pad_multiple=1)
+        with autocast(device, precision):
+            found = search(model, padded.src.to(device), padded.src_mask.to(device), decode,
+                           attention)  # fmt: skip
+        for row, nbest in zip(rows, found.nbest):
+            results[row] = nbest
+    return results
 
 
 def read_lines(stream: BinaryIO, name: str, strict: bool, report: InputReport) -> Iterator[str]:
@@ -169,7 +183,7 @@ def read_lines(stream: BinaryIO, name: str, strict: bool, report: InputReport) -
                 ) from None
             report.bad_bytes += 1
             text = raw.decode("utf-8", errors="replace")
-        if strict and _CONTROL.search(text):
+        if strict and has_control_chars(text):
             raise UserError(
                 f"{name}:{line_no}: control character in the input: remove it, or leave "
                 "translate.strict=false to drop such characters with a warning"

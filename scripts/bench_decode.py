@@ -20,9 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from nmt.config import DecodeConfig, ModelConfig
+from nmt.config import DecodeConfig, model_config
 from nmt.data.batching import collate
 from nmt.distributed import autocast, resolve_device, resolve_precision
 from nmt.models import build_model
@@ -30,8 +29,6 @@ from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
 from nmt.search import search
 from nmt.tokenizer import EOS_ID
 from nmt.translate import Translator
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 
 class WithoutCache(Seq2Seq):
@@ -58,11 +55,7 @@ def workload(args, device) -> tuple[Seq2Seq, list[list[int]]]:
         translator = Translator.load(args.ckpt, args.device, "fp32")
         lines = Path(args.input).read_text(encoding="utf-8").splitlines()[: args.sentences]
         return translator.model, translator.encode(lines, DecodeConfig())
-    cfg = OmegaConf.to_object(
-        OmegaConf.merge(
-            OmegaConf.structured(ModelConfig), OmegaConf.load(CONFIG_DIR / f"{args.model}.yaml")
-        )
-    )
+    cfg = model_config(args.model)
     torch.manual_seed(0)
     model = build_model(cfg, args.vocab, args.vocab).to(device).eval()
     generator = torch.Generator().manual_seed(0)

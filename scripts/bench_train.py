@@ -20,23 +20,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from nmt.config import ModelConfig, TrainConfig
+from nmt.config import TrainConfig, model_config
 from nmt.distributed import autocast, resolve_device, resolve_precision
 from nmt.models import build_model, model_summary
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from nmt.train import make_optimizer
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
-
-
-def model_config(name: str) -> ModelConfig:
-    return OmegaConf.to_object(
-        OmegaConf.merge(
-            OmegaConf.structured(ModelConfig), OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
-        )
-    )
 
 
 def synthetic_batch(batch_size: int, length: int, vocab: int, device: torch.device):

@@ -9,8 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
-from nmt.cli import CONFIG_DIR
-from nmt.config import Config, DataConfig, ModelConfig, from_dict, to_config
+from nmt.config import CONFIG_DIR, Config, DataConfig, ModelConfig, from_dict, to_config
 
 GROUPS = ("data", "model", "train", "decode", "experiment")
 # Options that need a setting of the user's to be complete.
@@ -18,7 +17,7 @@ REQUIRED = {("data", "local_files"): ["data.root=/corpora/pair"]}
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose(config_name="config", overrides=overrides)
 
 

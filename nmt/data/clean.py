@@ -18,6 +18,11 @@ _CONTROL_CHARS = {
 }
 
 
+def has_control_chars(text: str) -> bool:
+    """Whether `normalize` would remove characters from `text` (C0/C1 controls)."""
+    return text != text.translate(_CONTROL_CHARS)
+
+
 def normalize(text: str, form: str) -> str:
     """Unicode `form` (or none), control characters removed, whitespace runs made one space."""
     if form != "none":

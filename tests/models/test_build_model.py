@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from nmt.config import ModelConfig
+from nmt.config import ModelConfig, model_config
 from nmt.models import build_model, count_parameters, model_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -20,12 +19,6 @@ MODEL_CONFIGS = sorted((REPO_ROOT / "configs/model").glob("*.yaml"))
 TINY = ModelConfig(
     embed_size=16, hidden_size=32, attention_size=24, num_heads=4, ffn_size=48, max_positions=64
 )
-
-
-def load_model_config(path: Path) -> ModelConfig:
-    return OmegaConf.to_object(
-        OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
-    )
 
 
 def test_unknown_arch_is_rejected_by_name() -> None:
@@ -57,14 +50,14 @@ def test_tied_embeddings_need_a_joint_vocabulary(arch: str) -> None:
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda path: path.stem)
 def test_every_model_config_builds(path: Path) -> None:
-    cfg = load_model_config(path)
+    cfg = model_config(path.stem)
     model = build_model(cfg, 500, 500)
     assert sum(count_parameters(model).values()) == sum(p.numel() for p in model.parameters())
 
 
 def test_transformer_base_has_the_papers_size() -> None:
     """Vaswani et al. (2017), Table 3: the base model with a shared 37k vocabulary has 65M."""
-    cfg = load_model_config(REPO_ROOT / "configs/model/transformer_base.yaml")
+    cfg = model_config("transformer_base")
     vocab, d, f = 37_000, cfg.hidden_size, cfg.ffn_size
     attention = 4 * (d * d + d)  # W^Q, W^K, W^V, W^O with biases
     ffn = d * f + f + f * d + d
