@@ -108,7 +108,9 @@ class TrainConfig:
     accumulate: int = 1
     lr: float = 5e-4
     warmup_steps: int = 4000
-    schedule: str = "inverse_sqrt"  # inverse_sqrt | plateau | constant
+    schedule: str = (
+        "inverse_sqrt"  # inverse_sqrt | linear (to 0 at the budget) | plateau | constant
+    )
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     clip_norm: float = 1.0

@@ -28,12 +28,18 @@ from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 @dataclasses.dataclass
 class Scores:
-    """Corpus BLEU and chrF with the sacreBLEU signatures that say how they were computed."""
+    """Corpus BLEU and chrF with the sacreBLEU signatures that say how they were computed.
+
+    `bleu_lc` is the same BLEU on lowercased text (`sacrebleu -lc`), for comparison with
+    papers that lowercase; `bleu` (cased) is the number this toolkit reports.
+    """
 
     bleu: float
     chrf: float
     bleu_signature: str
     chrf_signature: str
+    bleu_lc: float
+    bleu_lc_signature: str
 
 
 @dataclasses.dataclass
@@ -44,11 +50,14 @@ class ValidationResult(Scores):
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> Scores:
-    bleu, chrf = BLEU(), CHRF()
-    bleu_score = bleu.corpus_score(hypotheses, [references])
-    chrf_score = chrf.corpus_score(hypotheses, [references])
+    bleu, chrf, bleu_lc = BLEU(), CHRF(), BLEU(lowercase=True)
     return Scores(
-        bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature())
+        bleu=bleu.corpus_score(hypotheses, [references]).score,
+        chrf=chrf.corpus_score(hypotheses, [references]).score,
+        bleu_signature=str(bleu.get_signature()),
+        chrf_signature=str(chrf.get_signature()),
+        bleu_lc=bleu_lc.corpus_score(hypotheses, [references]).score,
+        bleu_lc_signature=str(bleu_lc.get_signature()),
     )
 
 
@@ -156,7 +165,9 @@ def score_files(hypotheses: Path, references: Path) -> dict:
 
 def evaluate_checkpoint(cfg: Config) -> dict:
     """Translate the checkpoint's validation and test splits (or `translate.splits`) and score
-    them against the raw reference files; write the results as JSON next to the checkpoint."""
+    them against the raw reference files; write the results as JSON next to the checkpoint,
+    with each split's translations (`<stem>.<split>.<lang>`) so anyone can rescore them with
+    the `sacrebleu` command."""
     from nmt.data.corpus import load_split
     from nmt.translate import Translator
 
@@ -167,6 +178,9 @@ def evaluate_checkpoint(cfg: Config) -> dict:
     data_cfg = translator.cfg.data
     if settings.data_root:
         data_cfg = dataclasses.replace(data_cfg, root=settings.data_root)
+    ckpt = Path(settings.ckpt)
+    stem = f"eval_{ckpt.stem}" if ckpt.is_file() else "eval_best"
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for split in settings.splits or [data_cfg.valid_split, *data_cfg.test_splits]:
@@ -176,9 +190,11 @@ def evaluate_checkpoint(cfg: Config) -> dict:
             )
             hypotheses = [translator.detokenize(nbest[0]) for _, nbest, _ in results]
             scores = corpus_scores(hypotheses, column(raw, "tgt"))
-            rows.append({"split": split, "lines": len(hypotheses), **dataclasses.asdict(scores)})
-    ckpt = Path(settings.ckpt)
-    out = ckpt / "eval_best.json" if ckpt.is_dir() else ckpt.with_name(f"eval_{ckpt.stem}.json")
+            translations = folder / f"{stem}.{split}.{data_cfg.tgt_lang}"
+            translations.write_text("".join(f"{line}\n" for line in hypotheses), encoding="utf-8")
+            rows.append({"split": split, "lines": len(hypotheses), **dataclasses.asdict(scores),
+                         "translations": str(translations)})  # fmt: skip
+    out = folder / f"{stem}.json"
     record = {"checkpoint": str(ckpt), "decode": dataclasses.asdict(cfg.decode), "results": rows}
     out.write_text(json.dumps(record, indent=2))
     record["path"] = str(out)
@@ -187,12 +203,17 @@ def evaluate_checkpoint(cfg: Config) -> dict:
 
 def format_scores(rows: list[dict]) -> str:
     """A table of BLEU and chrF per split, with the sacreBLEU signatures under it."""
-    lines = [f"{'split':<22} {'lines':>6} {'BLEU':>7} {'chrF':>7}"]
+    lines = [f"{'split':<22} {'lines':>6} {'BLEU':>7} {'chrF':>7} {'BLEU-lc':>8}"]
     for row in rows:
         lines.append(
-            f"{row['split']:<22} {row['lines']:>6} {row['bleu']:>7.2f} {row['chrf']:>7.2f}"
+            f"{row['split']:<22} {row['lines']:>6} {row['bleu']:>7.2f} {row['chrf']:>7.2f} "
+            f"{row['bleu_lc']:>8.2f}"
         )
     lines.append(f"BLEU signature: {rows[0]['bleu_signature']}")
     lines.append(f"chrF signature: {rows[0]['chrf_signature']}")
-    lines.append("(sacreBLEU on detokenized, cased output against the raw references)")
+    lines.append(f"BLEU-lc signature: {rows[0]['bleu_lc_signature']}")
+    lines.append(
+        "(sacreBLEU on detokenized output against the raw references; BLEU and chrF cased, "
+        "BLEU-lc lowercased as `sacrebleu -lc`, for comparison with papers only)"
+    )
     return "\n".join(lines)

@@ -10,10 +10,12 @@ all-reduced, and rank 0 alone validates, logs and writes checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -62,6 +64,8 @@ class Progress:
     bad_validations: int = 0  # validations since the best, for early stopping
     last_validated: int = -1  # step of the latest validation
     elapsed: float = 0.0  # seconds of training so far, validation included
+    setup_seconds: float = 0.0  # data preparation and model building before the first step
+    validation_seconds: float = 0.0  # how long the latest validation took
 
 
 @dataclasses.dataclass
@@ -84,9 +88,17 @@ class Run:
     nonfinite: int = 0  # consecutive steps skipped for a non-finite loss
 
 
+# One JSON line per validation in the run directory: the learning curve against wall time,
+# which `scripts/time_to_quality.py` reads.
+HISTORY_NAME = "validations.jsonl"
+
+
 def train(cfg: Config, run_dir: Path) -> Progress:
     """Train `cfg.model` on `cfg.data`, writing checkpoints and TensorBoard logs to `run_dir`."""
+    started = time.perf_counter()
     run = setup(cfg, run_dir)
+    if run.progress.step == 0:
+        run.progress.setup_seconds = time.perf_counter() - started
     try:
         loop(run)
     except KeyboardInterrupt:
@@ -123,15 +135,19 @@ def setup(cfg: Config, run_dir: Path) -> Run:
         log.info("data:\n%s", format_stats(data))
         log.info("model %s (precision %s, device %s):\n%s", cfg.model.arch, precision,
                  dist.device, summary)  # fmt: skip
-    optimizer = make_optimizer(model, cfg.train, dist.device)
-    scheduler = make_scheduler(optimizer, cfg.train)
-    scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == torch.float16)
     progress = Progress()
+    total_steps = _total_steps(cfg.train, src_lens, tgt_lens, dist.world_size)
+    optimizer = make_optimizer(model, cfg.train, dist.device)
+    scheduler = make_scheduler(
+        optimizer, cfg.train, lambda step: _budget_used(cfg.train, progress, step, total_steps)
+    )
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == torch.float16)
     checkpoint = latest_checkpoint(run_dir) if cfg.train.resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, map_location=dist.device)
         restore(state, model, optimizer, scheduler, scaler)
-        progress = Progress(**state["progress"])
+        for key, value in state["progress"].items():  # in place: the schedule reads it
+            setattr(progress, key, value)
         if dist.is_main:
             log.info("resumed from %s at step %d", checkpoint, progress.step)
     ddp = DistributedDataParallel(model) if dist.world_size > 1 else model
@@ -182,6 +198,8 @@ def loop(run: Run) -> None:
                 run.tracker.train_scalars(progress.step, *window.means(), lr)
                 window = _Window()
             stop = _over_limit(cfg, progress)
+            if cfg.max_time is not None:  # clocks differ between ranks: rank 0 decides
+                stop = run.dist.broadcast_flag(stop)
             if stop or progress.step % cfg.validate_every == 0:
                 stop = validate_and_save(run) or stop
                 if stop:
@@ -256,6 +274,7 @@ def validate_and_save(run: Run) -> bool:
     cfg, progress = run.cfg, run.progress
     progress.last_validated = progress.step
     if run.dist.is_main:
+        started = time.perf_counter()
         result = validate(run.model, run.data, cfg, run.dist.device, run.precision)
         improved = result.bleu > progress.best_bleu
         if improved:
@@ -266,11 +285,14 @@ def validate_and_save(run: Run) -> bool:
         if cfg.train.schedule == "plateau":
             run.scheduler.step(result.bleu)
         run.tracker.validation(progress.step, result, run.model, run.data, run.dist.device)
+        progress.validation_seconds = time.perf_counter() - started
+        progress.elapsed += progress.validation_seconds  # the loop's clock counts it too
         log.info(
             "step %d | val loss %.3f ppl %.2f | BLEU %.2f chrF %.2f | best %.2f @ %d",
             progress.step, result.loss, result.perplexity, result.bleu, result.chrf,
             progress.best_bleu, progress.best_step,
         )  # fmt: skip
+        _append_history(run, result, improved)
         save(run, f"step_{progress.step}.pt")
         if improved:
             save(run, BEST_NAME)
@@ -280,6 +302,25 @@ def validate_and_save(run: Run) -> bool:
     if cfg.train.schedule == "plateau":  # every rank follows rank 0's learning rate
         run.dist.broadcast_lr(run.optimizer)
     return stop
+
+
+def _append_history(run: Run, result, improved: bool) -> None:
+    progress = run.progress
+    record = {
+        "step": progress.step,
+        "epoch": progress.epoch,
+        # When this checkpoint was written: seconds since the first step, and since the
+        # command started (data preparation and model building included).
+        "train_seconds": round(progress.elapsed, 2),
+        "since_launch_seconds": round(progress.setup_seconds + progress.elapsed, 2),
+        "validation_seconds": round(progress.validation_seconds, 2),
+        "loss": round(result.loss, 4),
+        "bleu": round(result.bleu, 2),
+        "chrf": round(result.chrf, 2),
+        "best": improved,
+    }
+    with open(run.run_dir / HISTORY_NAME, "a", encoding="utf-8") as history:
+        history.write(json.dumps(record) + "\n")
 
 
 def save(run: Run, name: str) -> Path:
@@ -332,13 +373,26 @@ def make_optimizer(model: Seq2Seq, cfg: TrainConfig, device: torch.device) -> to
     )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    budget_used: Callable[[int], float] | None = None,
+):
     """inverse_sqrt: linear warmup to train.lr, then lr·sqrt(warmup/step) (Vaswani et al. §5.3);
+    linear: linear warmup, then a linear decay that reaches zero as the run's budget runs out
+    (`budget_used(step)` goes from 0 to 1): under a fixed budget this beats a schedule that
+    ignores the budget (Li et al. 2020, "Budgeted Training");
     plateau: halve the rate after 2 validations without a better BLEU; constant."""
+    warmup = max(cfg.warmup_steps, 1)
     if cfg.schedule == "inverse_sqrt":
-        warmup = max(cfg.warmup_steps, 1)
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+        )
+    if cfg.schedule == "linear":
+        if budget_used is None:
+            raise ValueError("the linear schedule needs budget_used")
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min((step + 1) / warmup, max(1.0 - budget_used(step), 0.0))
         )
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -346,7 +400,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
         )
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    raise UserError(f"train.schedule={cfg.schedule}: use inverse_sqrt, plateau or constant")
+    raise UserError(f"train.schedule={cfg.schedule}: use inverse_sqrt, linear, plateau or constant")
 
 
 class _Window:
@@ -391,9 +445,26 @@ def _total_steps(cfg: TrainConfig, src_lens, tgt_lens, world_size: int) -> int |
     return by_epochs if cfg.max_steps is None else min(cfg.max_steps, by_epochs)
 
 
+def _budget_used(cfg: TrainConfig, progress: Progress, step: int, total_steps: int | None) -> float:
+    """How much of the run's budget is spent, 0 to 1: the furthest along of its step limit
+    (max_steps or max_epochs) and its time limit (max_time, validation included)."""
+    used = [step / total_steps] if total_steps else []
+    if cfg.max_time is not None:
+        used.append((progress.elapsed + progress.validation_seconds) / (60 * cfg.max_time))
+    if not used:
+        raise UserError(
+            "train.schedule=linear decays to zero at the end of the budget: set "
+            "train.max_steps, train.max_epochs or train.max_time"
+        )
+    return max(used)
+
+
 def _over_limit(cfg: TrainConfig, progress: Progress) -> bool:
+    """Whether to stop; the time budget keeps room for the final validation, which it
+    expects to take as long as the latest one did."""
     over_steps = cfg.max_steps is not None and progress.step >= cfg.max_steps
-    over_time = cfg.max_time is not None and progress.elapsed >= 60 * cfg.max_time
+    spent = progress.elapsed + progress.validation_seconds
+    over_time = cfg.max_time is not None and spent >= 60 * cfg.max_time
     return over_steps or over_time
 
 

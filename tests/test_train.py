@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,74 @@ def test_event_file_holds_scalars_and_attention_images(tmp_path: Path, arch: str
         image = events.Images(tag)[-1]
         assert image.width >= 200 and image.height >= 150
     assert events.Images(f"attention/0/layer_{layers - 1}")[-1].step == 4
+
+
+def test_each_validation_is_recorded_against_wall_time(tmp_path: Path):
+    cfg = tiny_config(tmp_path, "transformer", max_steps=8, validate_every=3)
+    progress = train(cfg, tmp_path / "run")
+    lines = (tmp_path / "run" / train_module.HISTORY_NAME).read_text().splitlines()
+    history = [json.loads(line) for line in lines]
+    # every 3 steps, at the end of the first epoch (5 batches) and at the last step
+    assert [record["step"] for record in history] == [3, 5, 6, 8]
+    seconds = [record["train_seconds"] for record in history]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    assert all(r["since_launch_seconds"] > r["train_seconds"] for r in history)
+    assert all(r["validation_seconds"] > 0 for r in history)
+    best = max(history, key=lambda record: record["bleu"])
+    assert best["step"] == progress.best_step and best["bleu"] == round(progress.best_bleu, 2)
+    assert history[0]["best"]  # the first validation is always the best so far
+
+
+def test_time_to_quality_finds_the_first_checkpoint_at_the_fraction(tmp_path: Path):
+    history = [
+        {"step": 100, "bleu": 20.0, "since_launch_seconds": 60.0},
+        {"step": 200, "bleu": 31.0, "since_launch_seconds": 120.0},
+        {"step": 300, "bleu": 30.0, "since_launch_seconds": 180.0},
+        {"step": 400, "bleu": 33.0, "since_launch_seconds": 240.0},
+    ]
+    (tmp_path / train_module.HISTORY_NAME).write_text(
+        "".join(json.dumps(record) + "\n" for record in history)
+    )
+    script = REPO_ROOT / "scripts" / "time_to_quality.py"
+    output = tmp_path / "ttq.json"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), "--output", str(output)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (found,) = json.loads(output.read_text())  # 90% of 33.0 = 29.7: step 200 first
+    assert (found["reached_step"], found["reached_seconds"]) == (200, 120.0)
+    assert (found["final_bleu"], found["final_step"], found["final_seconds"]) == (33.0, 400, 240.0)
+    assert "33.00" in done.stdout and "detokenized and cased" in done.stdout
+
+
+def test_linear_schedule_decays_to_zero_at_the_step_budget(tmp_path: Path):
+    cfg = tiny_config(tmp_path, "rnn", schedule="linear", max_steps=10, warmup_steps=2)
+    progress = train_module.Progress()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = train_module.make_scheduler(
+        optimizer, cfg.train, lambda step: train_module._budget_used(cfg.train, progress, step, 10)
+    )
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:3] == pytest.approx([0.5, 0.9, 0.8])  # warm-up, capped by 1 - step/10
+    assert rates[-1] == pytest.approx(0.1) and optimizer.param_groups[0]["lr"] == 0.0
+    # under a time budget the rate follows the clock, validation time included
+    timed = dataclasses.replace(cfg.train, max_steps=None, max_time=1.0)
+    progress.elapsed, progress.validation_seconds = 40.0, 5.0
+    assert train_module._budget_used(timed, progress, 3, None) == pytest.approx(0.75)
+    with pytest.raises(UserError, match=r"train\.schedule=linear decays to zero"):
+        unbounded = dataclasses.replace(timed, max_time=None)
+        train_module._budget_used(unbounded, progress, 3, None)
+
+
+def test_time_budget_keeps_room_for_the_final_validation():
+    budget = TrainConfig(max_time=1.0, max_steps=None)
+    progress = train_module.Progress(elapsed=50.0)
+    assert not train_module._over_limit(budget, progress)
+    progress.validation_seconds = 12.0  # 50 s + the 12 s the last validation took > 60 s
+    assert train_module._over_limit(budget, progress)
 
 
 def test_interrupt_writes_a_checkpoint_then_resumes(tmp_path: Path, monkeypatch):

@@ -133,6 +133,12 @@ def test_reference_scored_against_itself_matches_sacrebleu(tmp_path: Path):
     cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(path), "-i", str(hyps), "-b"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert float(cli.stdout.strip()) == pytest.approx(row["bleu"], abs=0.05)
+    # lowercased BLEU: "Ein Mann" matches "ein mann" only there
+    shouted = tmp_path / "shouted.txt"
+    shouted.write_text("a man rides a horse.\nTWO DOGS PLAY IN THE SNOW .\n\nEin Mann\n")
+    lowered = score_files(shouted, path)
+    assert lowered["bleu_lc"] == pytest.approx(100.0) and lowered["bleu"] < 60
+    assert "case:lc" in lowered["bleu_lc_signature"]
     with pytest.raises(UserError, match="has 3 lines but"):
         (tmp_path / "short.txt").write_text("a\nb\nc\n")
         score_files(tmp_path / "short.txt", path)
@@ -150,4 +156,7 @@ def test_evaluate_checkpoint_scores_each_split(trained, tmp_path: Path):
                                   output=str(output)))  # fmt: skip
     direct = score_files(output, corpus / "test.tgt")["bleu"]
     assert record["results"][1]["bleu"] == pytest.approx(direct)
+    # the translations are kept beside the scores, one line per reference line
+    saved = Path(record["results"][1]["translations"]).read_text().splitlines()
+    assert saved == output.read_text().splitlines()
     assert "case:mixed" in record["results"][1]["bleu_signature"]
