@@ -67,8 +67,8 @@ tensorboard: ## serve TensorBoard for RUN (a run directory or a parent of runs)
 	$(VENV)/bin/tensorboard --logdir $(RUN)
 
 bench: ## training and decoding benchmarks on the device at hand: tables, JSON in bench_results/
-	$(PYTHON) scripts/bench_train.py
-	$(PYTHON) scripts/bench_decode.py
+	$(PYTHON) scripts/bench_train.py $(ARGS)
+	$(PYTHON) scripts/bench_decode.py --no-cache
 
 clean: ## remove prepared data caches, caches of tools and Python bytecode (keeps runs/ and .venv)
 	rm -rf data/cache .pytest_cache .ruff_cache bench_results

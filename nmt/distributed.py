@@ -89,21 +89,22 @@ class Distributed:
             self.barrier()
         return result
 
+    def broadcast(self, values: list[float]) -> list[float]:
+        """Rank 0's `values` on every rank (float64, so seconds and rates survive exactly)."""
+        if self.world_size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return tensor.tolist()
+
     def broadcast_flag(self, flag: bool) -> bool:
         """Rank 0's value of `flag` on every rank."""
-        if self.world_size == 1:
-            return flag
-        tensor = torch.tensor([int(flag)], device=self.device)
-        dist.broadcast(tensor, src=0)
-        return bool(tensor.item())
+        return bool(self.broadcast([float(flag)])[0])
 
     def broadcast_lr(self, optimizer: torch.optim.Optimizer) -> None:
         """Rank 0's learning rates on every rank (a plateau schedule steps on rank 0 only)."""
-        if self.world_size == 1:
-            return
-        rates = torch.tensor([g["lr"] for g in optimizer.param_groups], device=self.device)
-        dist.broadcast(rates, src=0)
-        for group, rate in zip(optimizer.param_groups, rates.tolist()):
+        rates = self.broadcast([group["lr"] for group in optimizer.param_groups])
+        for group, rate in zip(optimizer.param_groups, rates):
             group["lr"] = rate
 
     def close(self) -> None:

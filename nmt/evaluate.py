@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from sacrebleu.metrics import BLEU, CHRF
 
-from nmt.config import Config, DecodeConfig
+from nmt.config import Config, DecodeConfig, TranslateConfig
 from nmt.data import PreparedData
 from nmt.data.batching import column, iterate_batches, plan_batches
 from nmt.distributed import autocast
@@ -163,6 +163,18 @@ def score_files(hypotheses: Path, references: Path) -> dict:
     return {"split": hypotheses.name, "lines": len(hyps), **dataclasses.asdict(scores)}
 
 
+def translate_and_score(
+    translator, raw: datasets.Dataset, decode: DecodeConfig, settings: TranslateConfig
+) -> tuple[list[str], Scores]:
+    """Translate a raw split's `src` column with `translator` (an `nmt.translate.Translator`)
+    and score the detokenized output against its raw `tgt` column."""
+    results = translator.translate(
+        column(raw, "src"), decode, settings.max_tokens, settings.chunk_lines
+    )
+    hypotheses = [translator.detokenize(nbest[0]) for _, nbest, _ in results]
+    return hypotheses, corpus_scores(hypotheses, column(raw, "tgt"))
+
+
 def evaluate_checkpoint(cfg: Config) -> dict:
     """Translate the checkpoint's validation and test splits (or `translate.splits`) and score
     them against the raw reference files; write the results as JSON next to the checkpoint,
@@ -185,11 +197,7 @@ def evaluate_checkpoint(cfg: Config) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for split in settings.splits or [data_cfg.valid_split, *data_cfg.test_splits]:
             raw = load_split(data_cfg, split, Path(tmp))
-            results = translator.translate(
-                column(raw, "src"), cfg.decode, settings.max_tokens, settings.chunk_lines
-            )
-            hypotheses = [translator.detokenize(nbest[0]) for _, nbest, _ in results]
-            scores = corpus_scores(hypotheses, column(raw, "tgt"))
+            hypotheses, scores = translate_and_score(translator, raw, cfg.decode, settings)
             translations = folder / f"{stem}.{split}.{data_cfg.tgt_lang}"
             translations.write_text("".join(f"{line}\n" for line in hypotheses), encoding="utf-8")
             rows.append({"split": split, "lines": len(hypotheses), **dataclasses.asdict(scores),

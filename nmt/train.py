@@ -189,6 +189,11 @@ def loop(run: Run) -> None:
                 continue
             progress.step += 1
             progress.elapsed = time.perf_counter() - start
+            if cfg.max_time is not None:  # clocks differ: every rank follows rank 0's, so
+                # all stop together and a time-based schedule gives all the same rate
+                progress.elapsed, progress.validation_seconds = run.dist.broadcast(
+                    [progress.elapsed, progress.validation_seconds]
+                )
             window.add(loss, num_tokens * run.dist.world_size, grad_norm)
             lr = run.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.rate():,.0f}", lr=f"{lr:.2e}",
@@ -198,8 +203,6 @@ def loop(run: Run) -> None:
                 run.tracker.train_scalars(progress.step, *window.means(), lr)
                 window = _Window()
             stop = _over_limit(cfg, progress)
-            if cfg.max_time is not None:  # clocks differ between ranks: rank 0 decides
-                stop = run.dist.broadcast_flag(stop)
             if stop or progress.step % cfg.validate_every == 0:
                 stop = validate_and_save(run) or stop
                 if stop:

@@ -82,7 +82,7 @@ def run(model, sources, decode: DecodeConfig, batch_size: int, device, dtype) ->
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return {"sentences_per_s": len(sources) / seconds, "tgt_tokens_per_s": num_tokens / seconds,
-            "seconds": seconds}  # fmt: skip
+            "seconds": seconds, "tgt_tokens": num_tokens}  # fmt: skip
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Training throughput: target and source+target tokens/s, peak memory and (on GPU) MFU.
 
-Synthetic batches of fixed-length sentences (WMT-like ~25 tokens by default) run the real
-training step (autocast forward, label-smoothed loss, backward, clip, AdamW) for each model
-size, precision and eager/compiled mode; the table is printed and written as JSON.
+Synthetic batches of fixed-length sentences (by default Multi30k-like 15 and WMT-like 25
+subwords) run the real training step (autocast forward, label-smoothed loss, backward, clip,
+AdamW) for each model, length, precision and eager/compiled mode; the table is printed and
+written as JSON.
 
     python scripts/bench_train.py                       # CPU defaults: small sizes, fp32
     python scripts/bench_train.py --device cuda --models transformer_base rnn_bahdanau \\
@@ -57,7 +58,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_one(name: str, precision: str, compiled: bool, args, device: torch.device) -> dict:
+def bench_one(
+    name: str, precision: str, compiled: bool, length: int, args, device: torch.device
+) -> dict:
     torch.manual_seed(0)
     cfg = model_config(name)
     model = build_model(cfg, args.vocab, args.vocab).to(device)
@@ -65,8 +68,8 @@ def bench_one(name: str, precision: str, compiled: bool, args, device: torch.dev
     optimizer = make_optimizer(model, TrainConfig(), device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     forward = torch.compile(model) if compiled else model
-    batch_size = max(1, args.max_tokens // (2 * (args.length + 1)))
-    src, src_mask, tgt_in, tgt_out = synthetic_batch(batch_size, args.length, args.vocab, device)
+    batch_size = max(1, args.max_tokens // (2 * (length + 1)))
+    src, src_mask, tgt_in, tgt_out = synthetic_batch(batch_size, length, args.vocab, device)
 
     def step() -> None:
         with autocast(device, dtype):
@@ -89,14 +92,14 @@ def bench_one(name: str, precision: str, compiled: bool, args, device: torch.dev
         step()
     _sync(device)
     seconds = time.perf_counter() - start
-    tgt_tokens = batch_size * (args.length + 1) * args.steps
-    summary = model_summary(model, args.length + 1, args.length + 1)
+    tgt_tokens = batch_size * (length + 1) * args.steps
+    summary = model_summary(model, length + 1, length + 1)
     result = {
         "model": name,
         "precision": str(dtype).removeprefix("torch."),
         "compiled": compiled,
         "parameters": summary.num_parameters,
-        "batch": f"{batch_size}x{args.length + 1}",
+        "batch": f"{batch_size}x{length + 1}",
         "tgt_tokens_per_s": tgt_tokens / seconds,
         "src_tgt_tokens_per_s": 2 * tgt_tokens / seconds,
         "flops_per_tgt_token": summary.flops_per_token,
@@ -131,7 +134,9 @@ def main() -> None:
         "--precisions", nargs="+", default=None, help="default: fp32 (+bf16 on GPU)"
     )
     parser.add_argument("--compile", choices=["no", "yes", "both"], default="no")
-    parser.add_argument("--length", type=int, default=25, help="subwords per sentence")
+    parser.add_argument(
+        "--lengths", type=int, nargs="+", default=[15, 25], help="subwords per sentence"
+    )
     parser.add_argument("--max-tokens", type=int, default=4096, help="source+target per batch")
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--steps", type=int, default=5)
@@ -143,8 +148,9 @@ def main() -> None:
     modes = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
     args.peak_flops = {}
     rows = [
-        bench_one(name, precision, compiled, args, device)
+        bench_one(name, precision, compiled, length, args, device)
         for name in args.models
+        for length in args.lengths
         for precision in precisions
         for compiled in modes
     ]

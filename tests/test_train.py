@@ -221,6 +221,7 @@ def test_two_process_gloo_run_under_torchrun(tmp_path: Path):
         "data.spm.vocab_size=300", "model=rnn_bahdanau", "model.embed_size=32",
         "model.hidden_size=32", "model.attention_size=32", "train.device=cpu",
         "train.max_steps=4", "train.max_tokens=2400", "train.validate_every=2",
+        "train.max_time=10", "train.schedule=linear",  # rank 0's clock drives both ranks
         "train.num_heatmaps=1", "decode.beam_size=1", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

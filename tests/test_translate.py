@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -160,3 +162,27 @@ def test_evaluate_checkpoint_scores_each_split(trained, tmp_path: Path):
     saved = Path(record["results"][1]["translations"]).read_text().splitlines()
     assert saved == output.read_text().splitlines()
     assert "case:mixed" in record["results"][1]["bleu_signature"]
+
+
+def test_tune_decoding_scores_the_validation_split_per_setting(trained, tmp_path: Path):
+    cfg, run_dir = trained
+    output = tmp_path / "tune.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tune_decoding.py"
+    done = subprocess.run([sys.executable, str(script), str(run_dir), "--device", "cpu",
+                           "--beams", "1", "3", "--alphas", "0.5", "1.0", "--output", str(output)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(output.read_text())
+    assert record["split"] == cfg.data.valid_split
+    assert [(row["beam"], row["alpha"]) for row in record["rows"]] == [
+        (1, 0.0), (3, 0.5), (3, 1.0)
+    ]  # fmt: skip
+    assert record["best"]["bleu"] == max(row["bleu"] for row in record["rows"])
+    # the greedy row is the same number `nmt evaluate` gives with greedy search
+    greedy = evaluate_checkpoint(
+        dataclasses.replace(with_translate(cfg, ckpt=str(run_dir), splits=["valid"]),
+                            decode=dataclasses.replace(cfg.decode, length_penalty=0.0))
+    )  # fmt: skip
+    assert record["rows"][0]["bleu"] == pytest.approx(greedy["results"][0]["bleu"])
+    assert "<- best" in done.stdout
