@@ -192,9 +192,10 @@ def read_lines(stream: BinaryIO, name: str, strict: bool, report: InputReport) -
 
 
 def save_attention(
-    translator: Translator, path: Path, src_ids: list[int], hypothesis: Hypothesis
+    translator: Translator, path: Path, src_ids: list[int], hypothesis: Hypothesis, index: int
 ) -> None:
-    """A labelled heatmap PNG of one sentence's attention (target rows, source columns)."""
+    """A labelled heatmap PNG of one sentence's attention (target rows, source columns): the
+    RNN's additive attention, or the Transformer's last-layer cross-attention (head mean)."""
     src_labels = [*translator.src_tokenizer.pieces(src_ids), "</s>"]
     tgt_labels = translator.tgt_tokenizer.pieces(hypothesis.tokens)
     if hypothesis.eos:
@@ -202,7 +203,9 @@ def save_attention(
     attn = hypothesis.attn.numpy() if hypothesis.attn is not None else None
     if attn is None or attn.size == 0:
         return
-    viz.save_png(viz.heatmap(attn, src_labels, tgt_labels, path.stem), path)
+    kind = "additive" if translator.cfg.model.arch == "rnn" else "last-layer cross-"
+    title = f"sentence {index}: {kind}attention"
+    viz.save_png(viz.heatmap(attn, src_labels, tgt_labels, title), path)
 
 
 def translate_file(cfg: Config) -> InputReport:
@@ -232,7 +235,8 @@ def translate_file(cfg: Config) -> InputReport:
         for index, (_, nbest, src_ids) in enumerate(results):
             outputs.write(index, [(translator.detokenize(h), h.score) for h in nbest])
             if attention_dir is not None:
-                save_attention(translator, attention_dir / f"{index:06d}.png", src_ids, nbest[0])
+                path = attention_dir / f"{index:06d}.png"  # the n-best TSV's index
+                save_attention(translator, path, src_ids, nbest[0], index)
         outputs.commit()
     finally:
         outputs.close()

