@@ -203,7 +203,7 @@ def save_attention(
     attn = hypothesis.attn.numpy() if hypothesis.attn is not None else None
     if attn is None or attn.size == 0:
         return
-    kind = "additive" if translator.cfg.model.arch == "rnn" else "last-layer cross-"
+    kind = "additive " if translator.cfg.model.arch == "rnn" else "last-layer cross-"
     title = f"sentence {index}: {kind}attention"
     viz.save_png(viz.heatmap(attn, src_labels, tgt_labels, title), path)
 
