@@ -85,6 +85,7 @@ class Run:
     dist: Distributed
     tracker: Tracker
     progress: Progress
+    total_steps: int | None  # the step limit max_steps or max_epochs amount to, if any
     nonfinite: int = 0  # consecutive steps skipped for a non-finite loss
 
 
@@ -154,7 +155,7 @@ def setup(cfg: Config, run_dir: Path) -> Run:
     forward = torch.compile(ddp) if cfg.train.compile else ddp
     tracker = Tracker(run_dir, cfg, summary, enabled=dist.is_main)
     return Run(cfg, run_dir, data, model, ddp, forward, optimizer, scheduler, scaler,
-               precision, dist, tracker, progress)  # fmt: skip
+               precision, dist, tracker, progress, total_steps)  # fmt: skip
 
 
 def loop(run: Run) -> None:
@@ -163,9 +164,8 @@ def loop(run: Run) -> None:
     split = run.data.splits[run.cfg.data.train_split]
     src_lens, tgt_lens = column(split, "src_len"), column(split, "tgt_len")
     start = time.perf_counter() - progress.elapsed
-    bar = tqdm(total=_total_steps(cfg, src_lens, tgt_lens, run.dist.world_size),
-               initial=progress.step, disable=not run.dist.is_main, unit="step",
-               dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+    bar = tqdm(total=run.total_steps, initial=progress.step, disable=not run.dist.is_main,
+               unit="step", dynamic_ncols=True, mininterval=1.0)  # fmt: skip
     window = _Window()
     stop = _over_limit(cfg, progress)  # a resumed run may already be done
     while not stop and (cfg.max_epochs is None or progress.epoch < cfg.max_epochs):
