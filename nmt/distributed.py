@@ -1,51 +1,18 @@
-"""The process's device and precision, its place in a `torchrun` job, and the collectives we use."""
+"""The process's place in a `torchrun` job and the collectives training uses."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from nmt.errors import UserError
+from nmt.device import resolve_device
 
 T = TypeVar("T")
-
-
-def resolve_device(setting: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
-    """`auto` picks CUDA when present; `cuda` without a GPU is a user error."""
-    if setting not in ("auto", "cpu", "cuda"):
-        raise UserError(f"{key}={setting}: use auto, cpu or cuda")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{key}=cuda but PyTorch sees no CUDA device: use auto or cpu")
-    if setting == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
-
-
-def resolve_precision(
-    setting: str, device: torch.device, key: str = "train.precision"
-) -> torch.dtype:
-    """fp32 on CPU by default; bf16 on CUDA where supported, else fp16 (with loss scaling)."""
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if setting == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if setting not in dtypes:
-        raise UserError(f"{key}={setting}: use auto, fp32, bf16 or fp16")
-    if setting == "fp16" and device.type != "cuda":
-        raise UserError(f"{key}=fp16 needs a CUDA device: use fp32 or bf16 on CPU")
-    return dtypes[setting]
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
-    """Mixed precision for bf16/fp16; nothing for fp32."""
-    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass

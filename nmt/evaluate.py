@@ -20,10 +20,11 @@ from sacrebleu.metrics import BLEU, CHRF
 from nmt.config import Config, DecodeConfig, TranslateConfig
 from nmt.data import PreparedData
 from nmt.data.batching import column, iterate_batches, plan_batches
-from nmt.distributed import autocast
+from nmt.device import autocast
 from nmt.errors import UserError
 from nmt.models.base import Seq2Seq
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.tokenizer import Tokenizer
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclasses.dataclass
@@ -139,7 +140,7 @@ def attention_maps(
     model.eval()
     src = torch.tensor([[*src_ids, EOS_ID]], device=device)
     tgt_in = torch.tensor([[BOS_ID, *tgt_ids]], device=device)
-    output = model(src, torch.ones_like(src, dtype=torch.bool), tgt_in, need_weights=True)
+    output = model(src, torch.ones_like(src, dtype=torch.bool), tgt_in, need_attention=True)
     model.train()
     return tuple(layer[0].float().cpu() for layer in output.layer_attn)
 

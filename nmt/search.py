@@ -23,7 +23,7 @@ from torch import Tensor
 
 from nmt.config import DecodeConfig
 from nmt.models.base import Seq2Seq, State, select
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass
@@ -116,7 +116,7 @@ def greedy_search(
     active = torch.arange(batch_size, device=src.device)  # input index of each row still going
     last = src.new_full((batch_size, 1), BOS_ID)
     for t in range(width):
-        out = model.decode(last, memory, state, need_weights=need_attention)
+        out = model.decode(last, memory, state, need_attention=need_attention)
         step_scores, token = _next_log_probs(out.logits).max(dim=-1)
         tokens[active, t] = token
         scores[active] += step_scores
@@ -256,7 +256,7 @@ def beam_search(
     last = src.new_full((batch_size * k, 1), BOS_ID)
 
     for t in range(width):
-        out = model.decode(last, memory, state, need_weights=need_attention)
+        out = model.decode(last, memory, state, need_attention=need_attention)
         log_probs = _next_log_probs(out.logits)  # (b·K, V)
         step_attn = out.attn[:, -1].float() if need_attention else None
         top_scores, top_rows, top_tokens = _top_candidates(beam_scores, log_probs)

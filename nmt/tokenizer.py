@@ -14,10 +14,11 @@ from pathlib import Path
 import sentencepiece as spm
 
 from nmt.config import SpmConfig
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 log = logging.getLogger(__name__)
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+__all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "Tokenizer", "train_tokenizer"]
 
 
 class Tokenizer:

@@ -41,13 +41,14 @@ from nmt.data.batching import (
     plan_batches,
     shard,
 )
-from nmt.distributed import Distributed, autocast, resolve_precision
+from nmt.device import autocast, resolve_precision
+from nmt.distributed import Distributed
 from nmt.errors import UserError
 from nmt.evaluate import validate
 from nmt.models import build_model, model_summary
 from nmt.models.base import Seq2Seq
-from nmt.tokenizer import PAD_ID
 from nmt.tracking import Tracker
+from nmt.vocab import PAD_ID
 
 log = logging.getLogger(__name__)
 

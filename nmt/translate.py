@@ -21,7 +21,7 @@ from nmt.checkpoint import load_checkpoint
 from nmt.config import Config, DecodeConfig, from_dict
 from nmt.data.batching import collate, plan_batches
 from nmt.data.clean import has_control_chars, normalize
-from nmt.distributed import autocast, resolve_device, resolve_precision
+from nmt.device import autocast, resolve_device, resolve_precision
 from nmt.errors import UserError
 from nmt.models import build_model
 from nmt.models.base import Seq2Seq
@@ -96,11 +96,11 @@ class Translator:
         return [x[:limit] for x in ids]
 
     def translate_ids(
-        self, src_ids: list[list[int]], decode: DecodeConfig, max_tokens: int, attention: bool
+        self, src_ids: list[list[int]], decode: DecodeConfig, max_tokens: int, need_attention: bool
     ) -> list[list[Hypothesis]]:
         """n-best lists for encoded sentences, in their order."""
         return search_in_order(self.model, src_ids, decode, self.device, self.precision,
-                               max_tokens, attention)  # fmt: skip
+                               max_tokens, need_attention)  # fmt: skip
 
     def translate(
         self,
@@ -108,22 +108,22 @@ class Translator:
         decode: DecodeConfig,
         max_tokens: int = 8192,
         chunk_lines: int = 20_000,
-        attention: bool = False,
+        need_attention: bool = False,
     ) -> Iterator[tuple[str, list[Hypothesis], list[int]]]:
         """(source, n-best, source ids) per input line, in input order, `chunk_lines` at a time."""
         chunk: list[str] = []
         for line in lines:
             chunk.append(line)
             if len(chunk) == chunk_lines:
-                yield from self._translate_chunk(chunk, decode, max_tokens, attention)
+                yield from self._translate_chunk(chunk, decode, max_tokens, need_attention)
                 chunk = []
         if chunk:
-            yield from self._translate_chunk(chunk, decode, max_tokens, attention)
+            yield from self._translate_chunk(chunk, decode, max_tokens, need_attention)
 
-    def _translate_chunk(self, chunk, decode, max_tokens, attention):
+    def _translate_chunk(self, chunk, decode, max_tokens, need_attention):
         texts = [self._clean(line) for line in chunk]
         src_ids = self.encode(texts, decode)
-        found = self.translate_ids(src_ids, decode, max_tokens, attention)
+        found = self.translate_ids(src_ids, decode, max_tokens, need_attention)
         yield from zip(texts, found, src_ids)
 
     def _clean(self, line: str) -> str:
@@ -147,7 +147,7 @@ def search_in_order(
     device: torch.device,
     precision: torch.dtype = torch.float32,
     max_tokens: int = 8192,
-    attention: bool = False,
+    need_attention: bool = False,
 ) -> list[list[Hypothesis]]:
     """Search every source (ids without EOS) in length-sorted batches of at most `max_tokens`
     source tokens and `decode.batch_size` sentences; n-best lists come back in input order.
@@ -163,7 +163,7 @@ def search_in_order(
         padded = collate([src_ids[r] for r in rows], [[] for _ in rows], rows, pad_multiple=1)
         with autocast(device, precision):
             found = search(model, padded.src.to(device), padded.src_mask.to(device), decode,
-                           attention)  # fmt: skip
+                           need_attention)  # fmt: skip
         for row, nbest in zip(rows, found.nbest):
             results[row] = nbest
     return results

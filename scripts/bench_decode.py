@@ -23,12 +23,12 @@ import torch
 
 from nmt.config import DecodeConfig, model_config
 from nmt.data.batching import collate
-from nmt.distributed import autocast, resolve_device, resolve_precision
+from nmt.device import autocast, resolve_device, resolve_precision
 from nmt.models import build_model
 from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
 from nmt.search import search
-from nmt.tokenizer import EOS_ID
 from nmt.translate import Translator
+from nmt.vocab import EOS_ID
 
 
 class WithoutCache(Seq2Seq):
@@ -41,9 +41,9 @@ class WithoutCache(Seq2Seq):
     def encode(self, src, src_mask) -> Memory:
         return self.inner.encode(src, src_mask)
 
-    def decode(self, tgt_in, memory, state: State | None = None, need_weights=False):
+    def decode(self, tgt_in, memory, state: State | None = None, need_attention=False):
         prefix = tgt_in if state is None else torch.cat([state["prefix"], tgt_in], dim=1)
-        out = self.inner.decode(prefix, memory, None, need_weights)
+        out = self.inner.decode(prefix, memory, None, need_attention)
         steps = tgt_in.size(1)
         attn = out.attn[:, -steps:] if out.attn is not None else None
         return DecoderOutput(out.logits[:, -steps:], {"prefix": prefix}, attn)

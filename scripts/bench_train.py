@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import TrainConfig, model_config
-from nmt.distributed import autocast, resolve_device, resolve_precision
+from nmt.device import autocast, resolve_device, resolve_precision
 from nmt.models import build_model, model_summary
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from nmt.train import make_optimizer
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 def synthetic_batch(batch_size: int, length: int, vocab: int, device: torch.device):

@@ -28,7 +28,7 @@ from nmt.search import (
     max_output_lengths,
     search,
 )
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,7 +67,7 @@ class ScriptedModel(Seq2Seq):
         return Memory(states=src.unsqueeze(-1).float(), mask=src_mask)
 
     def decode(
-        self, tgt_in: Tensor, memory: Memory, state: State | None = None, need_weights=False
+        self, tgt_in: Tensor, memory: Memory, state: State | None = None, need_attention=False
     ) -> DecoderOutput:
         prefix = tgt_in if state is None else torch.cat([state["prefix"], tgt_in], dim=1)
         keys = memory.states[:, 0, 0].long().tolist()
@@ -80,7 +80,7 @@ class ScriptedModel(Seq2Seq):
         logits = torch.tensor(probs).log()
         mask = memory.mask.float()
         attn = (mask / mask.sum(1, keepdim=True))[:, None].expand(-1, tgt_in.size(1), -1)
-        return DecoderOutput(logits, {"prefix": prefix}, attn if need_weights else None)
+        return DecoderOutput(logits, {"prefix": prefix}, attn if need_attention else None)
 
 
 def probs_of(weights: dict[int, float]) -> list[float]:
@@ -119,7 +119,7 @@ class ToyGRU(Seq2Seq):
         return Memory(states=torch.tanh(self.src_embed(src)), mask=src_mask)
 
     def decode(
-        self, tgt_in: Tensor, memory: Memory, state: State | None = None, need_weights=False
+        self, tgt_in: Tensor, memory: Memory, state: State | None = None, need_attention=False
     ) -> DecoderOutput:
         if state is None:
             mask = memory.mask.unsqueeze(-1).float()
@@ -134,7 +134,7 @@ class ToyGRU(Seq2Seq):
             hidden = self.cell(torch.cat([self.tgt_embed(tgt_in[:, t]), context], -1), hidden)
             logits.append(self.output(torch.cat([hidden, context], -1)))
             weights.append(alpha)
-        attn = torch.stack(weights, 1) if need_weights else None
+        attn = torch.stack(weights, 1) if need_attention else None
         return DecoderOutput(torch.stack(logits, 1), {"hidden": hidden}, attn)
 
 
@@ -149,9 +149,9 @@ class EosBias(Seq2Seq):
         return self.inner.encode(src, src_mask)
 
     def decode(
-        self, tgt_in: Tensor, memory: Memory, state: State | None = None, need_weights=False
+        self, tgt_in: Tensor, memory: Memory, state: State | None = None, need_attention=False
     ) -> DecoderOutput:
-        out = self.inner.decode(tgt_in, memory, state, need_weights=need_weights)
+        out = self.inner.decode(tgt_in, memory, state, need_attention=need_attention)
         out.logits[..., EOS_ID] += self.bias
         return out
 
@@ -236,7 +236,7 @@ def teacher_forced(model: Seq2Seq, src: Tensor, mask: Tensor, hyp: Hypothesis):
     tgt_in = torch.tensor([[BOS_ID, *steps[:-1]]])
     src_len = int(mask.sum())
     with torch.no_grad():
-        out = model(src[None, :src_len], mask[None, :src_len], tgt_in, need_weights=True)
+        out = model(src[None, :src_len], mask[None, :src_len], tgt_in, need_attention=True)
     log_probs = out.logits[0].float().log_softmax(-1)
     return float(log_probs[torch.arange(len(steps)), steps].sum()), out.attn[0]
 
@@ -431,5 +431,5 @@ def test_search_imports_only_the_contract() -> None:
             imported.add(node.module)
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
-    allowed = {"nmt.models.base", "nmt.tokenizer", "nmt.config"}
+    allowed = {"nmt.models.base", "nmt.vocab", "nmt.config"}
     assert {name for name in imported if name.startswith("nmt")} <= allowed

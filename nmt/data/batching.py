@@ -16,7 +16,7 @@ import datasets
 import torch
 from torch import Tensor
 
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ class DecoderOutput:
 
     logits: Tensor  # (B, T, V) unnormalised scores of the next token
     state: State  # cache to pass back to continue decoding after these T positions
-    # (B, T, S) attention over source positions, only when asked for (need_weights=True):
+    # (B, T, S) attention over source positions, only when asked for (need_attention=True):
     # the RNN's Bahdanau alignment; the Transformer's last-layer cross-attention averaged
     # over heads. Each row sums to 1 over real source positions; padding gets exactly 0.
     attn: Tensor | None = None
@@ -55,7 +55,7 @@ class Seq2Seq(nn.Module, ABC):
         tgt_in: Tensor,
         memory: Memory,
         state: State | None = None,
-        need_weights: bool = False,
+        need_attention: bool = False,
     ) -> DecoderOutput:
         """Score the next token after each position of `tgt_in` (B, T).
 
@@ -65,10 +65,10 @@ class Seq2Seq(nn.Module, ABC):
         """
 
     def forward(
-        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, need_weights: bool = False
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, need_attention: bool = False
     ) -> DecoderOutput:
         """Teacher forcing: logits (B, T, V) for every position of `tgt_in`."""
-        return self.decode(tgt_in, self.encode(src, src_mask), need_weights=need_weights)
+        return self.decode(tgt_in, self.encode(src, src_mask), need_attention=need_attention)
 
     def flops_per_token(self, src_len: float, tgt_len: float) -> float:
         """Approximate training FLOPs (forward + backward) per target token.

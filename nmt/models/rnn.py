@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from nmt.config import ModelConfig
 from nmt.errors import UserError
 from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
-from nmt.tokenizer import PAD_ID
+from nmt.vocab import PAD_ID
 
 _CELLS = {"gru": (nn.GRU, nn.GRUCell, 3), "lstm": (nn.LSTM, nn.LSTMCell, 4)}  # gates per cell
 
@@ -213,14 +213,14 @@ class RNNSeq2Seq(Seq2Seq):
         tgt_in: Tensor,
         memory: Memory,
         state: State | None = None,
-        need_weights: bool = False,
+        need_attention: bool = False,
     ) -> DecoderOutput:
         """Logits (B, T, V) after each of `tgt_in` (B, T); one recurrence step per position."""
         if state is None:
             state = self.decoder.init_state(memory)
         readout, state, alpha = self.decoder(self.dropout(self.tgt_embed(tgt_in)), memory, state)
         logits = self.output(readout)
-        if not need_weights:
+        if not need_attention:
             return DecoderOutput(logits=logits, state=state)
         return DecoderOutput(logits=logits, state=state, attn=alpha, layer_attn=(alpha[:, None],))
 

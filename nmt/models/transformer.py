@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from nmt.config import ModelConfig
 from nmt.errors import UserError
 from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
-from nmt.tokenizer import PAD_ID
+from nmt.vocab import PAD_ID
 
 
 def attention(
@@ -23,24 +23,24 @@ def attention(
     mask: Tensor | None = None,
     causal: bool = False,
     dropout: float = 0.0,
-    need_weights: bool = False,
+    need_attention: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Scaled dot-product attention softmax(QKᵀ/√d_k) V (eq. 1).
 
     q (B, N, T, d_k); k, v (B, N, S, d_k); `mask` bool, broadcastable to (B, N, T, S), True =
     may attend. `causal`: query t is at absolute position S - T + t and sees keys up to it (a
-    cache holds the first S - T keys). Returns (B, N, T, d_k) and, with `need_weights`, the
+    cache holds the first S - T keys). Returns (B, N, T, d_k) and, with `need_attention`, the
     weights (B, N, T, S) from an explicit computation; otherwise `F.scaled_dot_product_attention`
     (fused Flash / memory-efficient kernels on GPU) and None.
     """
     num_queries, num_keys = q.size(-2), k.size(-2)
-    if causal and mask is None and num_queries == num_keys and not need_weights:
+    if causal and mask is None and num_queries == num_keys and not need_attention:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True), None
     if causal:
         future = torch.ones(num_queries, num_keys, dtype=torch.bool, device=q.device)
         causal_mask = future.tril(diagonal=num_keys - num_queries)
         mask = causal_mask if mask is None else mask & causal_mask
-    if not need_weights:
+    if not need_attention:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), None
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
     if mask is not None:
@@ -78,12 +78,12 @@ class MultiHeadAttention(nn.Module):
         v: Tensor,
         mask: Tensor | None = None,
         causal: bool = False,
-        need_weights: bool = False,
+        need_attention: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Queries from x (B, T, D) over projected k, v -> (B, T, D), weights (B, N, T, S)."""
         dropout = self.dropout if self.training else 0.0
         q = self._split_heads(self.q_proj(x))
-        out, weights = attention(q, k, v, mask, causal, dropout, need_weights)
+        out, weights = attention(q, k, v, mask, causal, dropout, need_attention)
         return self.out_proj(out.transpose(1, 2).flatten(2)), weights
 
 
@@ -162,11 +162,11 @@ class DecoderLayer(_Layer):
         past_kv: tuple[Tensor, Tensor] | None,
         cross_kv: tuple[Tensor, Tensor],
         key_mask: Tensor,
-        need_weights: bool,
+        need_attention: bool,
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
         """x (B, T, D) continuing a prefix whose self-attention keys/values `past_kv` (B, N, P,
         D/N) are cached -> x (B, T, D), keys/values of all P + T positions, cross-attention
-        weights (B, N, T, S) if `need_weights`.
+        weights (B, N, T, S) if `need_attention`.
         """
         h = self._in(0, x)
         k, v = self.self_attn.project_kv(h)
@@ -174,7 +174,7 @@ class DecoderLayer(_Layer):
             k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
         x = self._out(0, x, self.self_attn(h, k, v, causal=True)[0])
         attended, weights = self.cross_attn(
-            self._in(1, x), *cross_kv, mask=key_mask, need_weights=need_weights
+            self._in(1, x), *cross_kv, mask=key_mask, need_attention=need_attention
         )
         x = self._out(1, x, attended)
         return self._out(2, x, self.ffn(self._in(2, x))), (k, v), weights
@@ -219,7 +219,7 @@ class TransformerDecoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden_size) if cfg.norm_first else nn.Identity()
 
     def forward(
-        self, embedded: Tensor, memory: Memory, state: State, need_weights: bool
+        self, embedded: Tensor, memory: Memory, state: State, need_attention: bool
     ) -> tuple[Tensor, State, tuple[Tensor, ...]]:
         """Scaled embeddings (B, T, D) -> (B, T, D), next state, per-layer cross weights."""
         offset = state["layer0.self_k"].size(2) if "layer0.self_k" in state else 0
@@ -234,7 +234,7 @@ class TransformerDecoder(nn.Module):
             else:
                 cross_kv = layer.cross_attn.project_kv(memory.states)
             past_kv = (state[name + "self_k"], state[name + "self_v"]) if offset else None
-            x, (k, v), weights = layer(x, past_kv, cross_kv, key_mask, need_weights)
+            x, (k, v), weights = layer(x, past_kv, cross_kv, key_mask, need_attention)
             new_state[name + "self_k"], new_state[name + "self_v"] = k, v
             new_state[name + "cross_k"], new_state[name + "cross_v"] = cross_kv
             if weights is not None:
@@ -307,13 +307,13 @@ class Transformer(Seq2Seq):
         tgt_in: Tensor,
         memory: Memory,
         state: State | None = None,
-        need_weights: bool = False,
+        need_attention: bool = False,
     ) -> DecoderOutput:
         """Logits (B, T, V) after each of `tgt_in` (B, T), continuing `state` if given."""
         embedded = self.tgt_embed(tgt_in) * self.embed_scale
-        x, state, layer_attn = self.decoder(embedded, memory, state or {}, need_weights)
+        x, state, layer_attn = self.decoder(embedded, memory, state or {}, need_attention)
         logits = self.output(x)
-        if not need_weights:
+        if not need_attention:
             return DecoderOutput(logits=logits, state=state)
         attn = layer_attn[-1].mean(dim=1)
         return DecoderOutput(logits=logits, state=state, attn=attn, layer_attn=layer_attn)

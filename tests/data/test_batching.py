@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nmt.data.batching import collate, padded_len, padding_stats, plan_batches, shard
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 def random_lengths(num: int, seed: int = 0) -> tuple[list[int], list[int]]:

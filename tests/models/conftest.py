@@ -10,7 +10,7 @@ import torch
 
 from nmt.config import ModelConfig
 from nmt.models import Seq2Seq, build_model
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 TINY = ModelConfig(
     embed_size=16,

@@ -72,7 +72,7 @@ def test_sdpa_and_explicit_paths_agree(
         lengths = torch.tensor([num_keys, 3, 1])
         mask = (torch.arange(num_keys) < lengths[:, None])[:, None, None, :]
     fused, no_weights = attention(q, k, v, mask, causal)
-    explicit, weights = attention(q, k, v, mask, causal, need_weights=True)
+    explicit, weights = attention(q, k, v, mask, causal, need_attention=True)
     assert no_weights is None
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
 

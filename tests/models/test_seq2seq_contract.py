@@ -16,7 +16,7 @@ def test_attention_weights_are_distributions_over_real_source_positions(
     model: Seq2Seq, make_batch
 ) -> None:
     batch = make_batch(model, SRC_LENGTHS, TGT_LENGTHS)
-    out = model(batch["src"], batch["src_mask"], batch["tgt_in"], need_weights=True)
+    out = model(batch["src"], batch["src_mask"], batch["tgt_in"], need_attention=True)
     plain = model(batch["src"], batch["src_mask"], batch["tgt_in"])
     assert plain.attn is None and plain.layer_attn is None
     torch.testing.assert_close(out.logits, plain.logits, atol=ATOL, rtol=0)
@@ -40,7 +40,7 @@ def test_padding_changes_no_real_position(model: Seq2Seq, make_batch) -> None:
     outputs = []
     for b in (batch, noisy):
         memory = model.encode(b["src"], batch["src_mask"])
-        out = model.decode(b["tgt_in"], memory, need_weights=True)
+        out = model.decode(b["tgt_in"], memory, need_attention=True)
         # Finite everywhere, padding included: a NaN there would poison the loss's gradient.
         assert torch.isfinite(memory.states).all() and torch.isfinite(out.logits).all()
         outputs.append((memory, out))
@@ -54,7 +54,7 @@ def test_padding_changes_no_real_position(model: Seq2Seq, make_batch) -> None:
     for row, (src_len, tgt_len) in enumerate(zip(SRC_LENGTHS, TGT_LENGTHS, strict=True)):
         src = batch["src"][row : row + 1, :src_len]
         tgt_in = batch["tgt_in"][row : row + 1, :tgt_len]
-        alone = model(src, torch.ones_like(src, dtype=torch.bool), tgt_in, need_weights=True)
+        alone = model(src, torch.ones_like(src, dtype=torch.bool), tgt_in, need_attention=True)
         torch.testing.assert_close(alone.logits[0], out.logits[row, :tgt_len], atol=ATOL, rtol=0)
         torch.testing.assert_close(
             alone.attn[0], out.attn[row, :tgt_len, :src_len], atol=ATOL, rtol=0
@@ -67,7 +67,7 @@ def test_incremental_decoding_equals_full_decoding(
 ) -> None:
     batch = make_batch(model, SRC_LENGTHS, [6, 6, 6])
     memory = model.encode(batch["src"], batch["src_mask"])
-    full = model.decode(batch["tgt_in"], memory, need_weights=True)
+    full = model.decode(batch["tgt_in"], memory, need_attention=True)
 
     state, start, logits, attn = None, 0, [], []
     for size in chunks:
