@@ -1,50 +1,108 @@
-"""Atomic checkpoint files: every state a run needs to resume or translate, in one file.
+"""Checkpoint files: every state a run needs to resume or translate, in one atomic, finite file.
 
-A checkpoint is a dict holding the model, optimiser, scheduler and scaler `state_dict`s, the
-step, epoch and position in the data order, RNG states, the resolved config and the
-SentencePiece model bytes, so that a copied checkpoint file translates on its own. It is
-written to a temporary file and renamed into place: a crash mid-write leaves the previous
-checkpoint intact.
+A checkpoint is a dict of the model, optimiser, schedule and scaler `state_dict`s, the run's
+progress and statistics, RNG states, the resolved config and the SentencePiece model bytes, so
+that a copied checkpoint file translates on its own. It is written to a temporary file and
+renamed into place: a crash mid-write leaves the previous checkpoint intact. Parameters that are
+not finite are never written. `best.pt` is a hard link to the best step's file (a copy where the
+file system has no links), so it costs no second write and cannot be half-updated.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nmt import faults
 from nmt.errors import UserError
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # 2: progress/schedule/stats state_dicts (exact resume after Ctrl-C)
+READABLE_VERSIONS = (1, 2)  # version 1 still translates; it cannot be resumed
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 BEST_NAME = "best.pt"
+# Temporary files of `save_checkpoint` and `link_best`: `.<name>.tmp-<pid>`.
+TEMPORARY_GLOB = ".*.tmp-*"
+
+
+class NonFiniteParameters(ValueError):
+    """A model state with NaN or infinite values, refused by `save_checkpoint`."""
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write `state` to `path` atomically (temporary file, fsync, rename)."""
+    """Write `state` to `path` atomically (temporary file, fsync, rename).
+
+    Raises `NonFiniteParameters` (writing nothing) if a floating-point tensor of
+    `state["model"]` is not finite, and `UserError` naming the path when the disk is full: the
+    previous checkpoint under that name is untouched either way.
+    """
+    bad = nonfinite_tensors(state.get("model", {}))
+    if bad:
+        raise NonFiniteParameters(f"not finite: {', '.join(bad[:3])}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as file:
-            torch.save({"format_version": FORMAT_VERSION, **state}, file)
+            torch.save({"format_version": FORMAT_VERSION, **state}, faults.pausing_writer(file))
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        if not _disk_full(error):
+            raise
+        raise UserError(
+            f"no space left on device while writing {path}: free some space (or lower "
+            f"train.keep_last) and resume; {_intact(path)}"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint file, or the best (else latest) checkpoint of a run directory."""
+def nonfinite_tensors(model_state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or ±inf (one device sync per tensor)."""
+    return [
+        name
+        for name, value in model_state.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def _disk_full(error: BaseException) -> bool:
+    """ENOSPC/EDQUOT from Python's file writes, or torch's C++ writer's "file write failed"."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "file write failed" in str(error) or "No space left" in str(error)
+
+
+def _intact(path: Path) -> str:
+    if path.exists():
+        return f"the previous {path.name} is intact"
+    previous = latest_checkpoint(path.parent)
+    return f"the previous checkpoint {previous} is intact" if previous else "nothing was saved"
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """`path` itself, or for a run directory its best checkpoint (see `best_checkpoint`)."""
     path = Path(path)
     if path.is_dir():
-        found = path / BEST_NAME if (path / BEST_NAME).is_file() else latest_checkpoint(path)
+        found = best_checkpoint(path)
         if found is None:
             raise UserError(f"{path} holds no checkpoint (best.pt or step_<N>.pt): train first")
-        path = found
+        return found
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file, or the best checkpoint of a run directory (`checkpoint_file`)."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: give a .pt file or a run directory")
     try:
@@ -53,12 +111,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(
             f"{path} is not a readable nmt checkpoint ({type(error).__name__})"
         ) from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+    if not isinstance(state, dict) or state.get("format_version") not in READABLE_VERSIONS:
         raise UserError(
             f"{path} is not an nmt checkpoint of format {FORMAT_VERSION}: "
             "it was written by another program or version"
         )
     return state
+
+
+def read_progress(path: Path) -> dict[str, Any]:
+    """A checkpoint's `progress` dict without reading its tensors (memory-mapped load)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return state.get("progress", {})
 
 
 def step_checkpoints(run_dir: Path) -> list[Path]:
@@ -74,8 +138,55 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of the run's best step, as the latest checkpoint's progress records it.
+
+    Normally `best.pt`. After a crash between writing `step_<N>.pt` and linking `best.pt`, the
+    latest progress names a best step that `best.pt` does not hold yet: that step's own file is
+    the right model, and the next start of the run repairs `best.pt` (`repair_best`).
+    """
+    best, latest = run_dir / BEST_NAME, latest_checkpoint(run_dir)
+    if latest is None:
+        return best if best.is_file() else None
+    best_step = read_progress(latest).get("best_step", 0)
+    of_best_step = run_dir / f"step_{best_step}.pt"
+    if of_best_step.is_file() and not (best.is_file() and _same_file(best, of_best_step)):
+        log.warning("%s is not the best step %d: using %s", best, best_step, of_best_step)
+        return of_best_step
+    return best if best.is_file() else latest
+
+
+def link_best(step_path: Path) -> Path:
+    """Make `best.pt` beside `step_path` the same file, atomically (link, then rename)."""
+    best = step_path.with_name(BEST_NAME)
+    tmp = best.with_name(f".{BEST_NAME}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(step_path, tmp)
+    except OSError:  # no hard links on this file system
+        shutil.copyfile(step_path, tmp)
+    os.replace(tmp, best)
+    return best
+
+
+def repair_best(run_dir: Path, best_step: int) -> None:
+    """Point `best.pt` at `step_<best_step>.pt` if a crash left it at an older step."""
+    of_best_step = run_dir / f"step_{best_step}.pt"
+    best = run_dir / BEST_NAME
+    if of_best_step.is_file() and not (best.is_file() and _same_file(best, of_best_step)):
+        link_best(of_best_step)
+        log.info("repaired %s: it now holds step %d, the best so far", best, best_step)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same inode (a link), or, for copies, a checkpoint of the same step."""
+    if os.path.samefile(a, b):
+        return True
+    return read_progress(a).get("step") == read_progress(b).get("step")
+
+
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` step checkpoints (best.pt is a separate file)."""
+    """Delete all but the newest `keep_last` step checkpoints (best.pt is a separate link)."""
     for path in step_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         path.unlink(missing_ok=True)
 
@@ -91,6 +202,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
             model[name] = model[name].to(value.dtype)
         else:
             model[name] = value
-    # Optimiser and scheduler states belong to one point of training: an average has none.
-    kept = {k: v for k, v in averaged.items() if k not in ("optimizer", "scheduler", "scaler")}
+    # Optimiser, schedule and statistics belong to one point of training: an average has none.
+    resumable = ("optimizer", "schedule", "scheduler", "scaler", "stats")
+    kept = {k: v for k, v in averaged.items() if k not in resumable}
     return {**kept, "model": model, "averaged_from": [str(p) for p in paths]}

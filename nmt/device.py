@@ -6,7 +6,9 @@ without a distributed job around them.
 
 from __future__ import annotations
 
+import random
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 
@@ -43,3 +45,20 @@ def resolve_precision(
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
     """Mixed precision for bf16/fp16; nothing for fp32."""
     return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator training draws from (dropout, initialisation): for checkpoints."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+    }
+
+
+def load_rng_state(state: dict[str, Any]) -> None:
+    """The mirror of `rng_state`; CUDA states are restored only where CUDA is present."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    random.setstate(state["python"])

@@ -68,11 +68,14 @@ class Distributed:
         """Rank 0's value of `flag` on every rank."""
         return bool(self.broadcast([float(flag)])[0])
 
-    def broadcast_lr(self, optimizer: torch.optim.Optimizer) -> None:
-        """Rank 0's learning rates on every rank (a plateau schedule steps on rank 0 only)."""
-        rates = self.broadcast([group["lr"] for group in optimizer.param_groups])
-        for group, rate in zip(optimizer.param_groups, rates):
-            group["lr"] = rate
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if `flag` is True on any: a Ctrl-C that one rank sees first stops
+        all of them after the same step."""
+        if self.world_size == 1:
+            return flag
+        tensor = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
 
     def close(self) -> None:
         if dist.is_initialized():

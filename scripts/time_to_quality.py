@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nmt.train import HISTORY_NAME
+from nmt.run_dir import HISTORY_NAME
 
 
 def read_history(run_dir: Path) -> list[dict]:

@@ -10,10 +10,14 @@ import pytest
 import torch
 
 from nmt.checkpoint import (
+    NonFiniteParameters,
     average_checkpoints,
+    checkpoint_file,
     latest_checkpoint,
+    link_best,
     load_checkpoint,
     prune_checkpoints,
+    repair_best,
     save_checkpoint,
     step_checkpoints,
 )
@@ -22,8 +26,12 @@ from nmt.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def state(value: float, step: int) -> dict:
-    return {"model": {"w": torch.full((3,), value), "n": torch.tensor(step)}, "step": step}
+def state(value: float, step: int, best_step: int = 0) -> dict:
+    return {
+        "model": {"w": torch.full((3,), value), "n": torch.tensor(step)},
+        "step": step,
+        "progress": {"step": step, "best_step": best_step},
+    }
 
 
 def test_interrupted_write_leaves_previous_checkpoint_loadable(tmp_path: Path, monkeypatch):
@@ -87,3 +95,46 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path: Path):
     torch.save({"model": {}}, tmp_path / "foreign.pt")
     with pytest.raises(UserError, match="not an nmt checkpoint of format"):
         load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_parameters_that_are_not_finite_are_never_written(tmp_path: Path):
+    save_checkpoint(state(1.0, 1), tmp_path / "step_1.pt")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(NonFiniteParameters, match="w"):
+            save_checkpoint(state(bad, 2), tmp_path / "step_1.pt")
+    assert load_checkpoint(tmp_path / "step_1.pt")["model"]["w"].tolist() == [1.0] * 3
+    assert [p.name for p in tmp_path.iterdir()] == ["step_1.pt"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_what_is_intact(tmp_path: Path, monkeypatch):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system to fill the disk with")
+    save_checkpoint(state(1.0, 1), tmp_path / "step_1.pt")
+    real_save = torch.save
+
+    def save_to_a_full_disk(obj, file):  # torch's own writer meets ENOSPC
+        with open("/dev/full", "wb") as full:
+            real_save(obj, full)
+
+    monkeypatch.setattr(torch, "save", save_to_a_full_disk)
+    with pytest.raises(UserError) as error:
+        save_checkpoint(state(2.0, 2), tmp_path / "step_2.pt")
+    assert str(error.value).startswith(f"no space left on device while writing {tmp_path}/step_2")
+    assert f"the previous checkpoint {tmp_path / 'step_1.pt'} is intact" in str(error.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["step_1.pt"]  # no temporary left
+
+
+def test_best_is_a_link_to_the_best_step_and_a_stale_one_is_found_and_repaired(tmp_path: Path):
+    for step in (1, 2):
+        save_checkpoint(state(float(step), step, best_step=step), tmp_path / f"step_{step}.pt")
+    link_best(tmp_path / "step_1.pt")
+    assert (tmp_path / "best.pt").samefile(tmp_path / "step_1.pt")
+    # a crash after step_2.pt (best so far) but before best.pt was linked to it:
+    assert checkpoint_file(tmp_path) == tmp_path / "step_2.pt"
+    assert load_checkpoint(tmp_path)["step"] == 2
+    repair_best(tmp_path, best_step=2)
+    assert (tmp_path / "best.pt").samefile(tmp_path / "step_2.pt")
+    assert checkpoint_file(tmp_path) == tmp_path / "best.pt"
+    prune_checkpoints(tmp_path, keep_last=1)
+    (tmp_path / "step_2.pt").unlink()  # best.pt keeps its own link to the data
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 2

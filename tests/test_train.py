@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,14 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from nmt import faults, progress
+from nmt import run_dir as run_dir_module
 from nmt import train as train_module
 from nmt.checkpoint import load_checkpoint, step_checkpoints
 from nmt.config import Config, DecodeConfig, ModelConfig, TrainConfig
 from nmt.errors import UserError
+from nmt.optim import Schedule
+from nmt.run_dir import HISTORY_NAME
 from nmt.train import train
 from tests.toy import toy_data_config, write_toy_corpus
 
@@ -65,7 +70,7 @@ def test_resume_gives_the_same_parameters(tmp_path: Path, arch: str):
     halves = tmp_path / "halves"
     first_half = dataclasses.replace(straight.train, max_steps=4)
     first = train(dataclasses.replace(straight, train=first_half), halves)
-    assert (first.step, first.epoch, first.position) == (4, 0, 4)
+    assert (first.step, first.epoch, first.epoch_batches_done) == (4, 0, 4)
     resumed = train(straight, halves)
     assert (resumed.step, resumed.epoch) == (8, 1)
     a = load_checkpoint(tmp_path / "straight" / "step_8.pt")["model"]
@@ -101,7 +106,7 @@ def test_event_file_holds_scalars_and_attention_images(tmp_path: Path, arch: str
 def test_each_validation_is_recorded_against_wall_time(tmp_path: Path):
     cfg = tiny_config(tmp_path, "transformer", max_steps=8, validate_every=3)
     progress = train(cfg, tmp_path / "run")
-    lines = (tmp_path / "run" / train_module.HISTORY_NAME).read_text().splitlines()
+    lines = (tmp_path / "run" / HISTORY_NAME).read_text().splitlines()
     history = [json.loads(line) for line in lines]
     # every 3 steps, at the end of the first epoch (5 batches) and at the last step
     assert [record["step"] for record in history] == [3, 5, 6, 8]
@@ -121,9 +126,7 @@ def test_time_to_quality_finds_the_first_checkpoint_at_the_fraction(tmp_path: Pa
         {"step": 300, "bleu": 30.0, "since_launch_seconds": 180.0},
         {"step": 400, "bleu": 33.0, "since_launch_seconds": 240.0},
     ]
-    (tmp_path / train_module.HISTORY_NAME).write_text(
-        "".join(json.dumps(record) + "\n" for record in history)
-    )
+    (tmp_path / HISTORY_NAME).write_text("".join(json.dumps(record) + "\n" for record in history))
     script = REPO_ROOT / "scripts" / "time_to_quality.py"
     output = tmp_path / "ttq.json"
     done = subprocess.run([sys.executable, str(script), str(tmp_path), "--output", str(output)],
@@ -136,65 +139,40 @@ def test_time_to_quality_finds_the_first_checkpoint_at_the_fraction(tmp_path: Pa
 
 
 def test_linear_schedule_decays_to_zero_at_the_step_budget(tmp_path: Path):
-    cfg = tiny_config(tmp_path, "rnn", schedule="linear", max_steps=10, warmup_steps=2)
-    progress = train_module.Progress()
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = train_module.make_scheduler(
-        optimizer, cfg.train, lambda step: train_module._budget_used(cfg.train, progress, step, 10)
-    )
-    rates = []
-    for _ in range(10):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    cfg = tiny_config(tmp_path, "rnn", schedule="linear", max_steps=10, warmup_steps=2, lr=1.0)
+    state = progress.Progress()
+    schedule = Schedule(cfg.train, lambda step: progress.budget_used(cfg.train, state, step, 10))
+    rates = [schedule.lr(step) for step in range(11)]
     assert rates[:3] == pytest.approx([0.5, 0.9, 0.8])  # warm-up, capped by 1 - step/10
-    assert rates[-1] == pytest.approx(0.1) and optimizer.param_groups[0]["lr"] == 0.0
+    assert rates[9] == pytest.approx(0.1) and rates[10] == 0.0
     # under a time budget the rate follows the clock, validation time included
     timed = dataclasses.replace(cfg.train, max_steps=None, max_time=1.0)
-    progress.elapsed, progress.validation_seconds = 40.0, 5.0
-    assert train_module._budget_used(timed, progress, 3, None) == pytest.approx(0.75)
+    state.elapsed, state.validation_seconds = 40.0, 5.0
+    assert progress.budget_used(timed, state, 3, None) == pytest.approx(0.75)
     with pytest.raises(UserError, match=r"train\.schedule=linear decays to zero"):
         unbounded = dataclasses.replace(timed, max_time=None)
-        train_module._budget_used(unbounded, progress, 3, None)
+        progress.budget_used(unbounded, state, 3, None)
+
+
+def test_plateau_schedule_halves_after_three_validations_without_progress(tmp_path: Path):
+    cfg = tiny_config(tmp_path, "rnn", schedule="plateau", lr=1.0)
+    schedule = Schedule(cfg.train, lambda step: 0.0)
+    for bleu in (10.0, 12.0, 12.0, 11.0):
+        schedule.validated(bleu)
+    assert schedule.lr(100) == 1.0
+    schedule.validated(11.5)  # the third validation in a row below 12.0
+    assert schedule.lr(100) == 0.5
+    restored = Schedule(cfg.train, lambda step: 0.0)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.lr(0) == 0.5 and restored.state_dict() == schedule.state_dict()
 
 
 def test_time_budget_keeps_room_for_the_final_validation():
     budget = TrainConfig(max_time=1.0, max_steps=None)
-    progress = train_module.Progress(elapsed=50.0)
-    assert not train_module._over_limit(budget, progress)
-    progress.validation_seconds = 12.0  # 50 s + the 12 s the last validation took > 60 s
-    assert train_module._over_limit(budget, progress)
-
-
-def test_interrupt_writes_a_checkpoint_then_resumes(tmp_path: Path, monkeypatch):
-    cfg = tiny_config(tmp_path, "transformer", max_steps=6, validate_every=100)
-    real_step = train_module.train_step
-    calls = {"n": 0}
-
-    def interrupt_third_step(run, group):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(run, group)
-
-    monkeypatch.setattr(train_module, "train_step", interrupt_third_step)
-    with pytest.raises(
-        UserError, match=r"interrupted at step 2; saved .*step_2\.pt.*hydra\.run\.dir"
-    ):
-        train(cfg, tmp_path / "run")
-    assert load_checkpoint(tmp_path / "run" / "step_2.pt")["progress"]["step"] == 2
-    monkeypatch.setattr(train_module, "train_step", real_step)
-    assert train(cfg, tmp_path / "run").step == 6
-
-
-def test_non_finite_losses_are_skipped_then_stop(tmp_path: Path, monkeypatch):
-    cfg = tiny_config(tmp_path, "rnn", max_nonfinite=3)
-    real_cross_entropy = torch.nn.functional.cross_entropy
-    monkeypatch.setattr(
-        train_module.F, "cross_entropy", lambda *a, **k: real_cross_entropy(*a, **k) * float("nan")
-    )
-    with pytest.raises(UserError, match=r"not finite for 3 steps in a row: lower train\.lr"):
-        train(cfg, tmp_path / "run")
+    state = progress.Progress(elapsed=50.0)
+    assert not progress.over_limit(budget, state)
+    state.validation_seconds = 12.0  # 50 s + the 12 s the last validation took > 60 s
+    assert progress.over_limit(budget, state)
 
 
 def test_bf16_autocast_path_trains(tmp_path: Path):
@@ -226,7 +204,7 @@ def test_two_process_gloo_run_under_torchrun(tmp_path: Path):
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "nmt",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nmt",
          "train", *overrides],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
@@ -234,4 +212,174 @@ def test_two_process_gloo_run_under_torchrun(tmp_path: Path):
     state = load_checkpoint(run_dir / "best.pt")
     assert state["progress"]["step"] in (2, 4) and state["config"]["model"]["arch"] == "rnn"
     assert (run_dir / "step_4.pt").is_file() and (run_dir / "config.yaml").is_file()
-    assert "done: best BLEU" in result.stderr
+    assert result.stderr.count("done: best BLEU") == 1  # rank 0 alone reports
+
+
+def interrupt_at(monkeypatch, point: str, count: int) -> None:
+    """Send this process SIGINT the `count`-th time training reaches pause point `point` (as a
+    user's Ctrl-C would arrive there), through the trainer's real signal handler."""
+    seen = {"n": 0}
+
+    def pause_point(name: str) -> None:
+        if name == point:
+            seen["n"] += 1
+            if seen["n"] == count:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(faults, "pause_point", pause_point)
+
+
+def same_run(a: Path, b: Path, step: int) -> None:
+    """Two run directories hold bit-identical state at `step`, and the same validations."""
+    first, second = load_checkpoint(a / f"step_{step}.pt"), load_checkpoint(b / f"step_{step}.pt")
+    for name in first["model"]:
+        assert torch.equal(first["model"][name], second["model"][name]), name
+    for index, state in first["optimizer"]["state"].items():
+        for key in state:
+            assert torch.equal(state[key], second["optimizer"]["state"][index][key]), key
+    assert first["progress"]["best_step"] == second["progress"]["best_step"]
+    keys = ("step", "epoch", "loss", "bleu", "chrf", "best")
+
+    def history(run: Path):
+        lines = (run / HISTORY_NAME).read_text().splitlines()
+        return [{k: json.loads(line)[k] for k in keys} for line in lines]
+
+    assert history(a) == history(b)
+
+
+@pytest.mark.parametrize(("arch", "point", "count"), [
+    ("rnn", "step", 3), ("transformer", "step", 6), ("transformer", "validation", 1),
+])  # fmt: skip
+def test_ctrl_c_saves_and_the_resumed_run_is_exact(tmp_path: Path, monkeypatch, arch, point, count):
+    """Ctrl-C mid-step lets the step finish and saves it; Ctrl-C mid-validation abandons the
+    validation, saves the step before it, and the resumed run redoes it."""
+    cfg = tiny_config(tmp_path, arch, max_steps=8)
+    train(cfg, tmp_path / "straight")
+    interrupt_at(monkeypatch, point, count)
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(UserError, match=r"interrupted at step \d+, checkpoint saved: run the "
+                                        r"same command with hydra\.run\.dir="):  # fmt: skip
+        train(cfg, run_dir)
+    stopped = load_checkpoint(run_dir)["progress"] if point == "step" else None
+    monkeypatch.undo()
+    latest = step_checkpoints(run_dir)[-1]
+    pending = load_checkpoint(latest)["progress"]["validation_pending"]
+    assert pending == (point == "validation")
+    assert stopped is None or stopped["step"] <= count
+    assert train(cfg, run_dir).step == 8
+    same_run(tmp_path / "straight", run_dir, 8)
+
+
+def test_a_model_that_is_no_longer_finite_is_never_saved(tmp_path: Path, monkeypatch):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=8)
+    train(cfg, tmp_path / "straight")
+    real_step = train_module.train_step
+
+    def poison_after_step_5(run, group):
+        stepped = real_step(run, group)
+        if run.progress.step == 5:
+            with torch.no_grad():
+                next(run.model.parameters()).fill_(float("nan"))
+        return stepped
+
+    monkeypatch.setattr(train_module, "train_step", poison_after_step_5)
+    run_dir = tmp_path / "run"
+    with pytest.raises(UserError) as error:
+        train(cfg, run_dir)
+    message = str(error.value)
+    assert "no longer finite" in message and "lower train.lr (now 0.003)" in message
+    assert "fp32" not in message and f"resume from {run_dir / 'step_4.pt'}" in message
+    # the validation at step 5 (an epoch's end) found the poison: nothing after 4 was written
+    assert [p.name for p in step_checkpoints(run_dir)] == ["step_4.pt"]
+    best = load_checkpoint(run_dir / "best.pt")
+    assert all(bool(torch.isfinite(v).all()) for v in best["model"].values())
+    monkeypatch.undo()
+    assert train(cfg, run_dir).step == 8  # resumes from the last finite checkpoint
+    same_run(tmp_path / "straight", run_dir, 8)
+
+
+def test_divergence_advice_fits_the_run():
+    from nmt.optim import divergence_advice
+
+    fp32 = divergence_advice(TrainConfig(lr=1.0, clip_norm=0.0), fp32=True, resume_from=None)
+    assert "lower train.lr (now 1)" in fp32 and "train.clip_norm=1.0" in fp32
+    assert "precision" not in fp32
+    bf16 = TrainConfig(precision="bf16")
+    assert "use train.precision=fp32 (now bf16)" in divergence_advice(
+        bf16, fp32=False, resume_from=Path("run/step_3.pt")
+    )
+
+
+def test_non_finite_losses_are_skipped_then_stop(tmp_path: Path, monkeypatch):
+    cfg = tiny_config(tmp_path, "rnn", max_nonfinite=3)
+    real_cross_entropy = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(
+        train_module.F, "cross_entropy", lambda *a, **k: real_cross_entropy(*a, **k) * float("nan")
+    )
+    with pytest.raises(UserError, match=r"not finite 3 times in a row at step 1: lower train\.lr"):
+        train(cfg, tmp_path / "run")
+    assert not step_checkpoints(tmp_path / "run")
+
+
+def test_best_pt_left_stale_by_a_crash_is_repaired_on_resume(tmp_path: Path, monkeypatch):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=12, validate_every=2)
+    run_dir = tmp_path / "run"
+    real_link, linked = run_dir_module.link_best, []
+
+    def crash_at_the_second_new_best(path: Path):
+        if linked:
+            raise RuntimeError(f"killed between writing {path.name} and linking best.pt")
+        linked.append(path)
+        return real_link(path)
+
+    monkeypatch.setattr(run_dir_module, "link_best", crash_at_the_second_new_best)
+    with pytest.raises(RuntimeError, match="killed between"):
+        train(cfg, run_dir)
+    latest = step_checkpoints(run_dir)[-1]
+    best_step = load_checkpoint(latest)["progress"]["best_step"]
+    assert latest.name == f"step_{best_step}.pt" and linked[0] != latest
+    assert (run_dir / "best.pt").samefile(linked[0])  # stale
+    assert load_checkpoint(run_dir)["progress"]["step"] == best_step  # what translate uses
+    monkeypatch.undo()
+    final = train(cfg, run_dir)
+    assert (run_dir / "best.pt").samefile(run_dir / f"step_{final.best_step}.pt")
+
+
+def test_resume_applies_a_new_learning_rate_and_refuses_a_new_model(tmp_path: Path, caplog):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=4)
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    bigger = dataclasses.replace(cfg.model, hidden_size=64)
+    with pytest.raises(UserError, match=r"model\.hidden_size \(32 -> 64\)"):
+        train(dataclasses.replace(cfg, model=bigger), run_dir)
+    more = dataclasses.replace(cfg.train, lr=1e-3, max_steps=6)
+    with caplog.at_level("INFO"):
+        train(dataclasses.replace(cfg, train=more), run_dir)
+    assert "changed train.lr: 0.003 -> 0.001" in caplog.text
+    state = load_checkpoint(run_dir / "step_6.pt")
+    assert state["config"]["train"]["lr"] == 1e-3  # what actually ran
+    schedule = Schedule(more, lambda step: 0.0)
+    assert state["optimizer"]["param_groups"][0]["lr"] == schedule.lr(5)  # step 6 used it
+
+
+def test_a_run_directory_in_use_is_refused_before_any_work(tmp_path: Path):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=2)
+    in_use = pytest.raises(UserError, match=rf"in use by nmt train, process {os.getpid()}")
+    with run_dir_module.RunDir(tmp_path / "run").lock(), in_use:
+        train(cfg, tmp_path / "run")
+    assert not step_checkpoints(tmp_path / "run")
+
+
+def test_tiny_validation_sets_and_more_heatmaps_than_sentences(tmp_path: Path):
+    for sentences in (1, 2):
+        cfg = tiny_config(tmp_path, "transformer", max_steps=2, validate_every=2,
+                          max_valid_sentences=sentences, num_heatmaps=3)  # fmt: skip
+        assert train(cfg, tmp_path / f"run{sentences}").last_validated == 2
+
+
+def test_keep_last_holds_exactly_also_when_interrupted(tmp_path: Path, monkeypatch):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=8, validate_every=1, keep_last=2)
+    interrupt_at(monkeypatch, "step", 7)
+    with pytest.raises(UserError, match="interrupted at step 7"):
+        train(cfg, tmp_path / "run")
+    assert [p.name for p in step_checkpoints(tmp_path / "run")] == ["step_6.pt", "step_7.pt"]

@@ -1,0 +1,55 @@
+"""Pause points for the fault-injection tests: a real `nmt train` process waits at a named point
+so that a test can kill or interrupt it exactly there (mid-step, mid-validation, mid-write).
+
+Inactive unless the environment sets `NMT_PAUSE_AT=<point>:<n>[,<point>:<n>...]` (pause the
+n-th time each point is reached) and `NMT_PAUSE_MARKER=<prefix>`: `<prefix>.<point>` is created
+when the process waits there, so the test knows when to send its signal. The process waits until
+any signal arrives, then goes on: SIGKILL ends it there; SIGINT runs the trainer's handler first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import BinaryIO
+
+_reached: dict[str, int] = {}
+
+
+def pause_point(point: str) -> None:
+    """Wait here if the environment asks this process to pause at `point` this time."""
+    wanted = dict(spec.split(":") for spec in os.environ.get("NMT_PAUSE_AT", "").split(",") if spec)
+    if point not in wanted:
+        return
+    _reached[point] = _reached.get(point, 0) + 1
+    if _reached[point] != int(wanted[point]):
+        return
+    Path(f"{os.environ['NMT_PAUSE_MARKER']}.{point}").write_text(str(os.getpid()))
+    signal.pause()
+
+
+class _PausingWriter:
+    """A binary file that pauses (point `checkpoint-write`) after its first write, with the
+    bytes so far flushed to disk: a partial temporary checkpoint file."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.written = file, False
+
+    def write(self, data: bytes) -> int:
+        count = self.file.write(data)
+        if not self.written:
+            self.written = True
+            self.file.flush()
+            pause_point("checkpoint-write")
+        return count
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+
+def pausing_writer(file: BinaryIO) -> BinaryIO:
+    """`file`, wrapped to pause mid-write when a test asks for the `checkpoint-write` point."""
+    if "checkpoint-write:" in os.environ.get("NMT_PAUSE_AT", ""):
+        return _PausingWriter(file)  # type: ignore[return-value]
+    return file

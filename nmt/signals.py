@@ -1,0 +1,69 @@
+"""Ctrl-C (SIGINT) and SIGTERM as a request to stop training at the next safe point.
+
+A signal that arrives mid-step lets the step finish: the checkpoint written next is a state the
+uninterrupted run also passes through, so the resumed run is bit-identical to it. Validation
+changes nothing until its result is committed, so inside `abortable()` a signal abandons it at
+once and the resumed run redoes it. Inside `deferred()` (committing a validation, writing a
+checkpoint) every signal waits. Outside those, a second signal stops at once without saving;
+the latest checkpoint stands, and resuming from it is exact too.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Installs the handlers while entered (main thread only); `requested` says a signal came."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._mode = "step"  # step | abortable | deferred
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for number in _SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        again = self.requested
+        self.requested = True
+        if self._mode == "deferred":
+            return
+        if self._mode == "abortable" or again:
+            raise KeyboardInterrupt
+        name = signal.Signals(number).name
+        log.warning("%s: stopping after this step to save a checkpoint (again to stop at once)",
+                    name)  # fmt: skip
+
+    @contextmanager
+    def _in_mode(self, mode: str) -> Iterator[None]:
+        previous, self._mode = self._mode, mode
+        try:
+            yield
+        finally:
+            self._mode = previous
+
+    def abortable(self):
+        """A signal raises KeyboardInterrupt here at once (work that is simply redone)."""
+        return self._in_mode("abortable")
+
+    def deferred(self):
+        """Signals only set `requested` here (work that must complete: a checkpoint write)."""
+        return self._in_mode("deferred")
