@@ -1,17 +1,25 @@
 """Typed configuration: the dataclass schemas that Hydra's YAML merges onto.
 
 Registering them in Hydra's ConfigStore makes a typo or a wrong type in a YAML file or an
-override fail at composition, with Hydra's message, instead of deep inside a run. Library
-code receives these objects (via `to_config`), never a raw `DictConfig`.
+override fail at composition, with Hydra's message, instead of deep inside a run; `to_config`
+then refuses keys added with `+` that the schema lacks and values out of range
+(`nmt.config_checks`). Library code receives these objects, never a raw `DictConfig`.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from nmt.config_checks import check_config, drop_unknown, unknown_key
+from nmt.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # The repository's configs/ folder: the YAML options composed onto these schemas.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -21,7 +29,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 class CleanConfig:
     """Rules applied to every split before tokenization; each dropped pair is counted by rule."""
 
-    normalization: str = "NFC"  # Unicode form applied to both sides: NFC | NFKC | none
+    normalization: str = "NFC"  # Unicode form of both sides: NFC | NFKC | NFD | NFKD | none
     max_chars: int = 1000  # drop a pair if either side is longer (characters)
     max_ratio: float = 3.0  # drop a pair if one side is this many times longer than the other
     ratio_min_chars: int = 20  # ...but only judge the ratio once the longer side has this many
@@ -32,7 +40,7 @@ class CleanConfig:
 class SpmConfig:
     """SentencePiece settings; special ids are fixed in `nmt.tokenizer` so models agree."""
 
-    model_type: str = "bpe"  # bpe | unigram
+    model_type: str = "bpe"  # bpe | unigram | char | word
     vocab_size: int = 8000
     character_coverage: float = 1.0
     joint: bool = True  # one model for both sides (required for tied src/tgt embeddings)
@@ -192,15 +200,34 @@ def model_config(name: str) -> ModelConfig:
 
 
 def to_config(cfg: DictConfig | Config) -> Config:
-    """Resolve interpolations and turn a composed `DictConfig` into typed dataclasses."""
+    """The typed config of a composed `DictConfig`, checked: interpolations resolved, keys the
+    schema lacks and settings out of range refused with one `UserError` line each.
+
+    A `Config` built in Python is returned as it is; call `check_config` on it where it matters.
+    """
     if isinstance(cfg, Config):
         return cfg
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    unknown = unknown_key(OmegaConf.to_container(cfg, resolve=False), Config)
+    if unknown:
+        raise UserError(unknown)
+    typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    check_config(typed)
+    return typed
 
 
 def from_dict(values: dict) -> Config:
-    """Rebuild a `Config` from a plain dict (a checkpoint's saved config), validating types."""
-    return to_config(OmegaConf.merge(OmegaConf.structured(Config), values))
+    """Rebuild a `Config` from a plain dict (a checkpoint's saved config), validating types.
+
+    Keys this version no longer has are dropped rather than refused, so that checkpoints written
+    before a setting moved still load; ranges are not checked again, since the run that saved
+    the config already trained with it.
+    """
+    values = copy.deepcopy(values)
+    dropped = drop_unknown(values, Config)
+    if dropped:
+        log.debug("saved config: ignoring settings this version lacks: %s", ", ".join(dropped))
+    merged = OmegaConf.merge(OmegaConf.structured(Config), values)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
 _register()

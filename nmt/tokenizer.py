@@ -14,6 +14,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from nmt.config import SpmConfig
+from nmt.errors import UserError
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ class Tokenizer:
             BOS_ID,
             EOS_ID,
         ):
-            raise ValueError(
+            raise UserError(
                 f"{self.path}: SentencePiece model has special ids other than "
-                f"pad={PAD_ID} unk={UNK_ID} bos={BOS_ID} eos={EOS_ID}; retrain it with nmt"
+                f"pad={PAD_ID} unk={UNK_ID} bos={BOS_ID} eos={EOS_ID}: retrain it with nmt"
             )
 
     @property

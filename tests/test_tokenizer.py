@@ -9,6 +9,7 @@ import sentencepiece as spm
 
 from nmt.config import DataConfig
 from nmt.data import prepare
+from nmt.errors import UserError
 from nmt.tokenizer import Tokenizer
 
 
@@ -31,5 +32,5 @@ def test_model_with_other_special_ids_is_rejected(tmp_path: Path):
     spm.SentencePieceTrainer.train(
         input=str(text), model_prefix=str(tmp_path / "m"), vocab_size=40, minloglevel=2
     )
-    with pytest.raises(ValueError, match="special ids"):
+    with pytest.raises(UserError, match="special ids other than pad=0"):
         Tokenizer(tmp_path / "m.model")

@@ -8,6 +8,7 @@ from collections import Counter
 import datasets
 
 from nmt.config import CleanConfig
+from nmt.config_checks import CHOICES
 from nmt.errors import UserError
 
 # The rules in the order they are checked; a pair is counted under the first that drops it.
@@ -49,9 +50,11 @@ def clean(
 
     Returns the kept pairs and how many pairs each rule dropped.
     """
-    if cfg.normalization not in ("NFC", "NFKC", "NFD", "NFKD", "none"):
+    forms = CHOICES["data.clean.normalization"]  # checked here too for callers without a Config
+    if cfg.normalization not in forms:
         raise UserError(
-            f"data.clean.normalization={cfg.normalization}: use NFC, NFKC, NFD, NFKD or none"
+            f"data.clean.normalization={cfg.normalization} is not a choice: set it to one of "
+            f"{', '.join(forms)}"
         )
 
     def judge(batch: dict) -> dict:

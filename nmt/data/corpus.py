@@ -5,15 +5,19 @@ Three layouts, chosen by `data.format`: `text` (one file per side, optionally gz
 Local files are read line by line here rather than by the `text` builder, so that a line
 is exactly one `\\n`-terminated record (`str.splitlines` would also split on U+2028 and
 friends and break alignment) and so that a bad byte is reported with its file and line.
+`read_lines` is that reader, for any UTF-8 input (translation reads stdin with it too).
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
+from typing import BinaryIO
 
 import datasets
 from datasets.exceptions import DatasetGenerationError
@@ -24,6 +28,8 @@ from nmt.errors import UserError
 log = logging.getLogger(__name__)
 
 FETCH_HINT = "see scripts/fetch_multi30k.sh, or set NMT_DATA_DIR / data.root=<folder>"
+DECODE_FIX = "fix the file, or set data.clean.on_decode_error=replace"
+GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
 
 
 def data_root(cfg: DataConfig) -> Path:
@@ -37,14 +43,20 @@ def data_root(cfg: DataConfig) -> Path:
 def split_files(cfg: DataConfig, split: str) -> list[Path]:
     """The files one split is read from (text: source then target; tsv: one file)."""
     root = data_root(cfg)
-    if cfg.format == "text":
-        names = [
-            cfg.text_pattern.format(split=split, lang=lang) for lang in (cfg.src_lang, cfg.tgt_lang)
-        ]
-    elif cfg.format == "tsv":
-        names = [cfg.tsv_pattern.format(split=split)]
-    else:
+    if cfg.format not in ("text", "tsv"):
         raise UserError(f"data.format={cfg.format} has no local files (expected text or tsv)")
+    try:
+        if cfg.format == "text":
+            langs = (cfg.src_lang, cfg.tgt_lang)
+            names = [cfg.text_pattern.format(split=split, lang=lang) for lang in langs]
+        else:
+            names = [cfg.tsv_pattern.format(split=split)]
+    except (KeyError, IndexError, ValueError):
+        placeholders = "{split} and {lang}" if cfg.format == "text" else "only {split}"
+        raise UserError(
+            f"data.{cfg.format}_pattern is not a file name pattern: use {placeholders}, "
+            "e.g. data.text_pattern='{split}.{lang}.gz' or data.tsv_pattern='{split}.tsv'"
+        ) from None
     paths = [root / name for name in names]
     for path in paths:
         if not path.is_file():
@@ -52,52 +64,137 @@ def split_files(cfg: DataConfig, split: str) -> list[Path]:
                 f"missing corpus file {path} for split '{split}': check data.src_lang/"
                 f"data.tgt_lang/data.*_split and data.{cfg.format}_pattern, or {FETCH_HINT}"
             )
+        _check_compression(path, f"data.{cfg.format}_pattern")
     return paths
 
 
-def read_lines(path: Path, on_decode_error: str) -> Iterator[str]:
-    """Yield the lines of a UTF-8 file (gzip if it ends in .gz), without their newline.
+def _check_compression(path: Path, pattern_key: str) -> None:
+    """Whether a file is gzip must agree with its name, which decides how it is read: a
+    mismatch would otherwise surface as a gzip traceback or as "invalid UTF-8" on line 1."""
+    with open(path, "rb") as file:
+        head = file.read(len(GZIP_MAGIC))
+    if path.suffix == ".gz" and head and head != GZIP_MAGIC:
+        raise UserError(
+            f"{path} is not gzip-compressed although its name ends in .gz: compress it "
+            f"(gzip), or rename it without .gz and set {pattern_key} to match"
+        )
+    if path.suffix != ".gz" and head == GZIP_MAGIC:
+        raise UserError(
+            f"{path} is gzip-compressed but its name does not end in .gz: decompress it "
+            f"(gunzip), or rename it to end in .gz and set {pattern_key} to match"
+        )
 
-    Undecodable bytes raise a `UserError` naming file and line, or with
-    `on_decode_error="replace"` become U+FFFD and are counted in one warning.
+
+@dataclass
+class Replacements:
+    """Lines in which `read_lines` replaced undecodable bytes with U+FFFD, counted for a warning."""
+
+    num_lines: int = 0
+    first_line: int | None = None  # line number of the first such line
+
+
+def read_lines(
+    source: str | Path | BinaryIO,
+    name: str | None = None,
+    *,
+    fix: str = "save it as UTF-8",
+    replacements: Replacements | None = None,
+) -> Iterator[str]:
+    """Yield the lines of UTF-8 text without their line end (`\\n` or `\\r\\n`).
+
+    `source` is a file, decompressed if its name ends in `.gz`, or a binary stream such as
+    `sys.stdin.buffer` (left open). Only `\\n` ends a line: a corpus line is one record even if
+    it holds U+2028 or a form feed, so both sides of a pair stay aligned and line numbers match
+    an editor's. Undecodable bytes raise a `UserError` naming `name:line` and ending in `fix`;
+    with `replacements` given they become U+FFFD instead, and the lines are counted there.
+    A gzip file that is not gzip, truncated or corrupt is a `UserError` too.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    num_replaced = 0
-    with opener(path, "rb") as file:
-        for line_no, raw in enumerate(file, start=1):
-            raw = raw.rstrip(b"\r\n")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as stream:
+            yield from _decoded_lines(stream, name or str(path), fix, replacements)
+    else:
+        yield from _decoded_lines(source, name or "<stream>", fix, replacements)
+
+
+def _decoded_lines(
+    stream: BinaryIO, name: str, fix: str, replacements: Replacements | None
+) -> Iterator[str]:
+    line_no = 0
+    try:
+        for line_no, raw in enumerate(stream, start=1):
+            raw = raw[:-1] if raw.endswith(b"\n") else raw
+            raw = raw[:-1] if raw.endswith(b"\r") else raw
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                if on_decode_error != "replace":
+                if replacements is None:
                     raise UserError(
-                        f"{path}:{line_no}: invalid UTF-8 byte 0x{raw[error.start]:02x} at "
-                        f"column {error.start + 1}: fix the file, or set "
-                        "data.clean.on_decode_error=replace"
+                        f"{name}:{line_no}: invalid UTF-8 byte 0x{raw[error.start]:02x} at "
+                        f"column {error.start + 1}: {fix}"
                     ) from None
-                num_replaced += 1
+                replacements.num_lines += 1
+                replacements.first_line = replacements.first_line or line_no
                 yield raw.decode("utf-8", errors="replace")
-    if num_replaced:
-        log.warning("%s: replaced undecodable bytes on %d lines", path, num_replaced)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        # gzip notices a damaged file only when reading reaches the damage.
+        if line_no == 0 and "Not a gzipped file" in str(error):
+            problem = "is not gzip-compressed although its name ends in .gz"
+        elif isinstance(error, EOFError):
+            problem = f"is truncated: its gzip stream ends after line {line_no}"
+        else:
+            problem = f"has corrupt gzip data after line {line_no} ({error})"
+        raise UserError(f"{name} {problem}: fetch or compress the file again") from None
 
 
-def _text_pairs(src_path: Path, tgt_path: Path, on_decode_error: str) -> Iterator[dict]:
-    src_lines = read_lines(src_path, on_decode_error)
-    tgt_lines = read_lines(tgt_path, on_decode_error)
-    for num_pairs, (src, tgt) in enumerate(zip_longest(src_lines, tgt_lines)):
+def _lines(path: Path, on_decode_error: str, replacements: Replacements) -> Iterator[str]:
+    """A corpus file's lines under the data.clean.on_decode_error policy."""
+    replace = on_decode_error == "replace"
+    return read_lines(path, fix=DECODE_FIX, replacements=replacements if replace else None)
+
+
+def _warn_replaced(path: Path, replacements: Replacements) -> None:
+    if replacements.num_lines:
+        log.warning(
+            "%s: replaced undecodable bytes on %d lines (the first is line %d)",
+            path, replacements.num_lines, replacements.first_line,
+        )  # fmt: skip
+
+
+def _count(num_lines: int) -> str:
+    return f"{num_lines} lines" if num_lines else "no lines"
+
+
+def _text_pairs(
+    src_path: Path, tgt_path: Path, on_decode_error: str, empty_hint: str
+) -> Iterator[dict]:
+    src_replaced, tgt_replaced = Replacements(), Replacements()
+    src_lines = _lines(src_path, on_decode_error, src_replaced)
+    tgt_lines = _lines(tgt_path, on_decode_error, tgt_replaced)
+    num_pairs = 0
+    for num_pairs, (src, tgt) in enumerate(zip_longest(src_lines, tgt_lines), start=1):
         if src is None or tgt is None:
-            num_src = num_pairs + (src is not None) + sum(1 for _ in src_lines)
-            num_tgt = num_pairs + (tgt is not None) + sum(1 for _ in tgt_lines)
+            num_src = num_pairs - 1 + (src is not None) + sum(1 for _ in src_lines)
+            num_tgt = num_pairs - 1 + (tgt is not None) + sum(1 for _ in tgt_lines)
             raise UserError(
-                f"{src_path} has {num_src} lines but {tgt_path} has {num_tgt}: the files of a "
-                "pair must be aligned line by line"
+                f"{src_path} has {_count(num_src)} but {tgt_path} has {_count(num_tgt)}: the "
+                "files of a pair must be aligned line by line"
             )
         yield {"src": src, "tgt": tgt}
+    if num_pairs == 0:
+        raise UserError(f"{src_path} and {tgt_path} have no lines: {empty_hint}")
+    _warn_replaced(src_path, src_replaced)
+    _warn_replaced(tgt_path, tgt_replaced)
 
 
-def _tsv_pairs(path: Path, columns: tuple[int, int], on_decode_error: str) -> Iterator[dict]:
+def _tsv_pairs(
+    path: Path, columns: tuple[int, int], on_decode_error: str, empty_hint: str
+) -> Iterator[dict]:
     src_col, tgt_col = columns
-    for line_no, line in enumerate(read_lines(path, on_decode_error), start=1):
+    replaced = Replacements()
+    line_no = 0
+    for line_no, line in enumerate(_lines(path, on_decode_error, replaced), start=1):
         fields = line.split("\t")
         if len(fields) <= max(src_col, tgt_col):
             raise UserError(
@@ -105,6 +202,9 @@ def _tsv_pairs(path: Path, columns: tuple[int, int], on_decode_error: str) -> It
                 f"{max(src_col, tgt_col)} (data.tsv_columns={list(columns)}): fix the line"
             )
         yield {"src": fields[src_col], "tgt": fields[tgt_col]}
+    if line_no == 0:
+        raise UserError(f"{path} has no lines: {empty_hint}")
+    _warn_replaced(path, replaced)
 
 
 def file_signature(paths: list[Path]) -> list[tuple[str, int, int]]:
@@ -125,6 +225,8 @@ def load_split(cfg: DataConfig, split: str, cache_dir: Path) -> datasets.Dataset
         # A tuple: `from_generator` would treat a list argument as shards to split.
         kwargs = {"path": paths[0], "columns": tuple(cfg.tsv_columns)}
     kwargs["on_decode_error"] = cfg.clean.on_decode_error
+    # `from_generator` cannot build a split of no rows, so an empty file is refused up front.
+    kwargs["empty_hint"] = _empty_hint(cfg, split)
     features = datasets.Features({"src": datasets.Value("string"), "tgt": datasets.Value("string")})
     # The fingerprint keys the HF cache on the files' size and mtime, so an edited file is
     # re-read even though the generator and its arguments are unchanged.
@@ -142,6 +244,17 @@ def load_split(cfg: DataConfig, split: str, cache_dir: Path) -> datasets.Dataset
         if isinstance(error.__cause__, UserError):
             raise error.__cause__ from None
         raise
+
+
+def _empty_hint(cfg: DataConfig, split: str) -> str:
+    """The fix for a split with no sentence pairs, naming the setting that chose the split."""
+    if split == cfg.train_split:
+        key = "data.train_split"
+    elif split == cfg.valid_split:
+        key = "data.valid_split"
+    else:
+        key = "data.test_splits"
+    return f"split '{split}' ({key}) needs at least one sentence pair: fill it, or change {key}"
 
 
 def _load_hub_split(cfg: DataConfig, split: str) -> datasets.Dataset:
@@ -163,14 +276,16 @@ def _load_hub_split(cfg: DataConfig, split: str) -> datasets.Dataset:
             f"({first_line}): check data.hub_path/hub_name/*_split, the network, or use "
             "data=local_files with exported files"
         ) from None
+    if len(dataset) == 0:
+        raise UserError(
+            f"hub dataset {cfg.hub_path}/{cfg.hub_name} has no rows: {_empty_hint(cfg, split)}"
+        )
     if "translation" not in dataset.column_names:
         raise UserError(
             f"hub dataset {cfg.hub_path} has columns {dataset.column_names}, not 'translation': "
             "export it to files and use data=local_files"
         )
-    missing = (
-        {cfg.src_lang, cfg.tgt_lang} - set(dataset[0]["translation"]) if len(dataset) else set()
-    )
+    missing = {cfg.src_lang, cfg.tgt_lang} - set(dataset[0]["translation"])
     if missing:
         raise UserError(
             f"hub dataset {cfg.hub_path}/{cfg.hub_name} has no language {sorted(missing)}: "

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ from nmt.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-# Bump when this module changes what it writes, so that older caches are not reused.
+# Bump when this module changes what it writes, so that older caches are not reused: the
+# fingerprint sees settings and files, not code.
 PIPELINE_VERSION = 2
 # A worker process costs about a second to start: only split work across processes
 # for splits with at least this many pairs per process.
@@ -45,24 +47,35 @@ MIN_PAIRS_PER_PROC = 50_000
 class PreparedData:
     """The result of `prepare`: encoded splits and the tokenizers that made them."""
 
-    path: Path
-    splits: datasets.DatasetDict
+    path: Path  # the cache folder; checkpoints copy the SentencePiece models from here
+    splits: datasets.DatasetDict  # memory-mapped Arrow, so a large corpus costs little RAM
     src_tokenizer: Tokenizer
-    tgt_tokenizer: Tokenizer
-    stats: dict
+    tgt_tokenizer: Tokenizer  # the same model as src_tokenizer with a joint vocabulary
+    stats: dict  # meta.json's statistics, plus how long this call took
     cache_hit: bool
 
 
 def split_names(cfg: DataConfig) -> list[str]:
-    """Train, validation and test splits, each once, in that order."""
+    """Train, validation and test splits, each once, in that order.
+
+    Once: a corpus may validate on one of its test sets. Train first: SentencePiece learns from
+    it alone, so that no validation or test sentence leaks into the vocabulary.
+    """
     return list(dict.fromkeys([cfg.train_split, cfg.valid_split, *cfg.test_splits]))
 
 
 def fingerprint(cfg: DataConfig) -> str:
-    """A hash of everything that changes the prepared data (and nothing that does not)."""
+    """A hash of everything that changes the prepared data (and nothing that does not).
+
+    Left out on purpose: `name`, `cache_dir`, `num_proc` and the corpus folder's own path, so
+    that renaming a setup, moving the corpus or using more workers reuses the cache.
+    """
     if cfg.format == "hub":
+        # Hub files cannot be statted here; the dataset's identity and revision stand in.
         sources: object = [cfg.hub_path, cfg.hub_name, cfg.hub_revision, cfg.hub_data_files]
     else:
+        # Local files are keyed on name, size and mtime: cheap, and an edit changes them.
+        # Resolving the files also reports a missing or misnamed file before any work.
         data_root(cfg)
         sources = {split: file_signature(split_files(cfg, split)) for split in split_names(cfg)}
     payload = {
@@ -84,6 +97,8 @@ def prepare(cfg: DataConfig) -> PreparedData:
     start = time.perf_counter()
     datasets.disable_progress_bars()
     path = Path(cfg.cache_dir) / f"{cfg.name}-{fingerprint(cfg)}"
+    # meta.json is written last and the folder renamed into place after it, so its presence
+    # means a complete build.
     cache_hit = (path / "meta.json").is_file()
     if not cache_hit:
         log.info("data cache miss: building %s", path)
@@ -98,11 +113,18 @@ def prepare(cfg: DataConfig) -> PreparedData:
 
 
 def _num_proc(cfg: DataConfig, num_pairs: int) -> int | None:
+    """Workers for `Dataset.map` over `num_pairs`; None (not 1) keeps `datasets` in-process."""
     num_proc = min(cfg.num_proc, num_pairs // MIN_PAIRS_PER_PROC)
     return num_proc if num_proc > 1 else None
 
 
 def _build(cfg: DataConfig, path: Path) -> None:
+    """Build the cache folder `path`: load and clean, train SentencePiece, encode, save.
+
+    Everything is written under a temporary name first and renamed at the end, so a crash or
+    Ctrl-C never leaves a folder that `prepare` would take for a finished cache. The pid in the
+    name keeps two builds of the same data (two shells, or ranks of a distributed job) apart.
+    """
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -132,19 +154,28 @@ def _build(cfg: DataConfig, path: Path) -> None:
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(tmp / "hf")  # intermediate Arrow files; splits/ holds the result
         try:
-            tmp.rename(path)
+            tmp.rename(path)  # atomic within one file system
         except OSError:
-            if not (path / "meta.json").is_file():  # not a concurrent build that won the race
+            # A concurrent build of the same fingerprint renamed its folder first: its result
+            # is the same as ours, so use it and let ours be deleted below.
+            if not (path / "meta.json").is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_and_clean(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.DatasetDict, dict]:
+    """Every split read, normalized and (training only) filtered, with counts per drop rule.
+
+    `load_split` refuses a split with no lines, so the only way to end up empty here is a
+    training split that cleaning emptied.
+    """
     splits, stats = datasets.DatasetDict(), {}
     for name in split_names(cfg):
         raw = load_split(cfg, name, hf_cache)
         if name == cfg.train_split and cfg.max_train_pairs is not None:
+            # The first N lines of the file, before cleaning: what the setting promises, and
+            # the same pairs whatever the cleaning rules drop.
             raw = raw.select(range(min(cfg.max_train_pairs, len(raw))))
         # Only training pairs are filtered: validation and test keep every line, in order,
         # so that line i of a prepared split is line i of its reference file.
@@ -152,7 +183,7 @@ def _load_and_clean(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.DatasetDi
         if not is_train:  # references are scored as they are in the file, before cleaning
             raw = raw.add_column("ref", column(raw, "tgt"))
         kept, dropped = clean(raw, cfg.clean, _num_proc(cfg, len(raw)), drop=is_train)
-        if len(kept) == 0:
+        if len(kept) == 0:  # nothing to learn a vocabulary or a model from
             raise UserError(
                 f"split '{name}' of data '{cfg.name}' is empty after cleaning ({len(raw)} pairs "
                 f"read, dropped {dict(dropped)}): check the corpus (data.root, data.*_pattern, "
@@ -170,7 +201,11 @@ def _load_and_clean(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.DatasetDi
 def _train_tokenizers(
     cfg: DataConfig, train: datasets.Dataset, out: Path
 ) -> tuple[Tokenizer, Tokenizer]:
-    """SentencePiece on the training split only: one joint model, or one per side."""
+    """SentencePiece on the training split only: one joint model, or one per side.
+
+    SentencePiece reports a vocabulary size that does not fit the text as a RuntimeError
+    with C++ source locations; the ones a user causes become a `UserError` with the bound.
+    """
     try:
         if cfg.spm.joint:
             joint = train_tokenizer(_texts(train, "src", "tgt"), out / "spm", cfg.spm)
@@ -195,10 +230,18 @@ def _train_tokenizers(
                 f"the training text: set it to at least {at_least}, or lower "
                 "data.spm.character_coverage"
             ) from None
+        if "[(vocab_size) >= (0)]" in message:  # char and word models: no room for specials
+            at_least = 4 + 256 * cfg.spm.byte_fallback
+            raise UserError(
+                f"data.spm.vocab_size={cfg.spm.vocab_size} is too small for "
+                f"data.spm.model_type={cfg.spm.model_type}: set it to more than {at_least} "
+                "(4 special pieces, and 256 byte pieces with data.spm.byte_fallback=true)"
+            ) from None
         raise
 
 
 def _texts(dataset: datasets.Dataset, *columns: str) -> Iterator[str]:
+    """Sentences of the given columns, streamed in batches rather than loaded at once."""
     for batch in dataset.iter(batch_size=10_000):
         for name in columns:
             yield from batch[name]
@@ -212,6 +255,7 @@ class _Encoder:
         self.tokenizers: tuple[Tokenizer, Tokenizer] | None = None
 
     def __getstate__(self) -> dict:
+        # SentencePiece processors do not pickle: each worker loads its own from the paths.
         return {"models": self.models, "tokenizers": None}
 
     def __call__(self, batch: dict) -> dict:
@@ -228,11 +272,16 @@ class _Encoder:
 
 
 def _mean(values: list[int]) -> float:
-    return round(sum(values) / max(len(values), 1), 2)
+    """Rounded for meta.json and the table, where more digits are noise."""
+    return round(statistics.fmean(values), 2)
 
 
 def format_stats(data: PreparedData) -> str:
-    """A table of what preparation did, for the `nmt data` command and training logs."""
+    """A table of what preparation did, for the `nmt data` command and training logs.
+
+    One row per split: pairs read and kept, pairs dropped by each cleaning rule, and average
+    subwords per sentence (what `train.max_tokens` is spent on).
+    """
     stats = data.stats
     lines = [
         f"{'split':<20} {'read':>8} {'kept':>8} {'empty':>6} {'long':>6} {'ratio':>6}"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import unicodedata
 
 import datasets
+import pytest
 
 from nmt.config import CleanConfig
 from nmt.data.clean import clean, drop_rule, normalize
+from nmt.errors import UserError
 
 
 def test_normalize_composes_strips_and_collapses_whitespace():
@@ -48,3 +50,9 @@ def test_clean_without_drop_only_normalizes():
     dataset = datasets.Dataset.from_dict({"src": ["", " a  b "], "tgt": ["x", "c"]})
     kept, dropped = clean(dataset, CleanConfig(), drop=False)
     assert kept["src"] == ["", "a b"] and not dropped
+
+
+def test_unknown_normalization_names_the_setting_and_the_choices():
+    dataset = datasets.Dataset.from_dict({"src": ["a"], "tgt": ["b"]})
+    with pytest.raises(UserError, match=r"normalization=NFX is not a choice: .* NFKD, none$"):
+        clean(dataset, CleanConfig(normalization="NFX"))

@@ -1,9 +1,11 @@
-"""Loading raw pairs: local text pairs, TSV, hub-style `translation` datasets, and bad input."""
+"""Loading raw pairs: local text pairs, TSV, hub-style `translation` datasets, and bad input
+(undecodable bytes, empty files, gzip mix-ups) reported in one line; the shared line reader."""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import logging
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nmt.config import CleanConfig, DataConfig
-from nmt.data.corpus import load_split
+from nmt.data.corpus import Replacements, load_split, read_lines
 from nmt.errors import UserError
 
 
@@ -99,7 +101,7 @@ def test_undecodable_bytes_replaced_and_counted_when_configured(
     with caplog.at_level(logging.WARNING):
         pairs = load(cfg, "train", tmp_path)
     assert len(pairs) == 200 and pairs[6][0] == "caf\ufffd latte"
-    assert "replaced undecodable bytes on 1 lines" in caplog.text
+    assert "replaced undecodable bytes on 1 lines (the first is line 7)" in caplog.text
 
 
 def test_edited_file_is_read_again(toy_cfg, toy_root, tmp_path):
@@ -136,3 +138,100 @@ def test_unreachable_hub_dataset_is_one_line_error(tmp_path: Path, toy_cfg: Data
     with pytest.raises(UserError) as error:
         load(cfg, "train", tmp_path)
     assert "nmt-test/does-not-exist" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_read_lines_of_a_stream_splits_on_newline_only():
+    stream = io.BytesIO("one\r\ntwo\x0cthree\u2028\nfour\rfive\n\nlast".encode())
+    assert list(read_lines(stream, "<stdin>")) == [
+        "one",
+        "two\x0cthree\u2028",
+        "four\rfive",  # a lone CR is not a line end
+        "",
+        "last",
+    ]
+
+
+def test_read_lines_names_the_line_and_the_callers_fix():
+    stream = io.BytesIO(b"fine\nbad \xff byte\n")
+    with pytest.raises(UserError) as error:
+        list(read_lines(stream, "<stdin>", fix="fix the line, or set x.strict=false"))
+    assert str(error.value) == (
+        "<stdin>:2: invalid UTF-8 byte 0xff at column 5: fix the line, or set x.strict=false"
+    )
+
+
+def test_read_lines_replaces_and_counts_when_asked(tmp_path: Path):
+    path = tmp_path / "input.gz"
+    with gzip.open(path, "wb") as file:
+        file.write(b"ok\ncaf\xe9\nok\n\xff\xfe\n")
+    replaced = Replacements()
+    assert list(read_lines(path, replacements=replaced)) == [
+        "ok",
+        "caf\ufffd",
+        "ok",
+        "\ufffd\ufffd",
+    ]
+    assert (replaced.num_lines, replaced.first_line) == (2, 2)
+
+
+def test_empty_files_are_named(toy_cfg, toy_root, tmp_path):
+    for lang in ("src", "tgt"):
+        (toy_root / f"valid.{lang}").write_bytes(b"")
+    with pytest.raises(UserError) as error:
+        load(toy_cfg, "valid", tmp_path)
+    message = str(error.value)
+    assert "valid.src and" in message and "valid.tgt have no lines" in message
+    assert "split 'valid' (data.valid_split) needs at least one sentence pair" in message
+
+
+def test_one_empty_side_is_named(toy_cfg, toy_root, tmp_path):
+    (toy_root / "train.tgt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"train\.src has 200 lines but .*train\.tgt has no lines"):
+        load(toy_cfg, "train", tmp_path)
+
+
+def test_empty_tsv_file_is_named(tmp_path: Path, toy_cfg: DataConfig):
+    (tmp_path / "test.tsv").write_bytes(b"")
+    cfg = dataclasses.replace(toy_cfg, root=str(tmp_path), format="tsv")
+    with pytest.raises(UserError, match=r"test\.tsv has no lines: .*\(data\.test_splits\)"):
+        load(cfg, "test", tmp_path)
+
+
+def gzip_pair(root: Path, split: str = "train", num_lines: int = 2000) -> None:
+    for lang in ("src", "tgt"):
+        with gzip.open(root / f"{split}.{lang}.gz", "wt", encoding="utf-8") as file:
+            file.writelines(f"sentence {i} {lang}\n" for i in range(num_lines))
+
+
+def test_plain_text_named_gz_is_named(tmp_path: Path, toy_cfg: DataConfig):
+    gzip_pair(tmp_path)
+    (tmp_path / "train.tgt.gz").write_text("not compressed\n")
+    cfg = dataclasses.replace(toy_cfg, root=str(tmp_path), text_pattern="{split}.{lang}.gz")
+    with pytest.raises(UserError) as error:
+        load(cfg, "train", tmp_path)
+    assert "train.tgt.gz is not gzip-compressed" in str(error.value)
+    assert "data.text_pattern" in str(error.value)
+
+
+def test_gzip_file_without_gz_name_is_named(tmp_path: Path, toy_cfg: DataConfig):
+    gzip_pair(tmp_path)
+    for lang in ("src", "tgt"):
+        (tmp_path / f"train.{lang}.gz").rename(tmp_path / f"train.{lang}")
+    cfg = dataclasses.replace(toy_cfg, root=str(tmp_path))
+    with pytest.raises(UserError, match=r"train\.src is gzip-compressed but its name does not"):
+        load(cfg, "train", tmp_path)
+
+
+def test_truncated_gzip_file_is_named(tmp_path: Path, toy_cfg: DataConfig):
+    gzip_pair(tmp_path)
+    path = tmp_path / "train.src.gz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    cfg = dataclasses.replace(toy_cfg, root=str(tmp_path), text_pattern="{split}.{lang}.gz")
+    with pytest.raises(UserError, match=r"train\.src\.gz is truncated: its gzip stream ends"):
+        load(cfg, "train", tmp_path)
+
+
+def test_bad_file_name_pattern_is_named(toy_cfg, tmp_path):
+    cfg = dataclasses.replace(toy_cfg, text_pattern="{split}.{language}")
+    with pytest.raises(UserError, match=r"data\.text_pattern is not a file name pattern"):
+        load(cfg, "train", tmp_path)

@@ -1,9 +1,12 @@
-"""Preparation: SentencePiece on train only, encoded Arrow, fingerprint cache, statistics."""
+"""Preparation: SentencePiece on train only, encoded Arrow, fingerprint cache, statistics,
+and corpus or vocabulary mistakes stopped with one line."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +140,45 @@ def test_multi30k_statistics(multi30k_root: Path, tmp_path: Path):
     assert data.src_tokenizer.vocab_size == 8000
     table = format_stats(data)
     assert "test_2016_flickr" in table and "joint vocabulary 8000" in table
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_empty_split_file_stops_preparation(toy_cfg: DataConfig, toy_root: Path, split: str):
+    for lang in ("src", "tgt"):
+        (toy_root / f"{split}.{lang}").write_bytes(b"")
+    with pytest.raises(UserError) as error:
+        prepare(toy_cfg)
+    assert f"{split}.tgt have no lines" in str(error.value)
+    assert f"(data.{split}_split)" in str(error.value)
+    assert not any(Path(toy_cfg.cache_dir).glob("*"))  # nothing half-built is left
+
+
+def test_character_model_vocabulary_too_small_names_the_setting(toy_cfg: DataConfig):
+    cfg = dataclasses.replace(toy_cfg, spm=SpmConfig(vocab_size=100, model_type="char"))
+    with pytest.raises(UserError, match=r"vocab_size=100 is too small .*model_type=char.* 260"):
+        prepare(cfg)
+
+
+def test_bad_corpus_file_is_one_line_from_the_command(tmp_path: Path, toy_root: Path):
+    """A plain-text file named .gz: `nmt data` says so in one line, without a traceback."""
+    for lang in ("src", "tgt"):
+        for split in ("train", "valid", "test"):
+            (toy_root / f"{split}.{lang}").rename(toy_root / f"{split}.{lang}.gz")
+    args = [
+        "data=local_files",
+        f"data.root={toy_root}",
+        "data.text_pattern='{split}.{lang}.gz'",  # quoted: braces are Hydra syntax
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "nmt", "data", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"nmt: error: {toy_root / 'train.src.gz'} is not gzip-compressed although its name ends "
+        "in .gz: compress it (gzip), or rename it without .gz and set data.text_pattern to match"
+    )
