@@ -33,7 +33,7 @@ from nmt.checkpoint import (
     latest_checkpoint,
     nonfinite_tensors,
 )
-from nmt.config import Config
+from nmt.config import Config, check_config
 from nmt.data import PreparedData, format_stats, prepare
 from nmt.data.batching import Batch, column, iterate_batches
 from nmt.device import autocast, load_rng_state, resolve_precision, rng_state
@@ -77,6 +77,7 @@ def train(cfg: Config, run_dir: Path) -> Progress:
     """Train `cfg.model` on `cfg.data`, writing checkpoints and TensorBoard logs to `run_dir`;
     continue from its latest checkpoint if it has one (and `train.resume`)."""
     started = time.perf_counter()
+    check_config(cfg)  # a Config built in Python has not been through `to_config`
     dist = Distributed.from_env(cfg.train.device)
     directory = RunDir(run_dir)
     with directory.lock(enabled=dist.is_main), StopRequest() as stop:
