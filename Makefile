@@ -20,6 +20,7 @@ HAS_GPU  := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 OFFLINE  := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory  # no "Entering directory" lines in stdout (see translate)
 .PHONY: help install test lint format data train translate evaluate tensorboard bench clean
 
 help: ## list the targets
@@ -57,11 +58,14 @@ else
 	$(VENV)/bin/torchrun --nproc_per_node=$(NPROC) -m nmt train $(ARGS)
 endif
 
+# `make translate CKPT=... < in > out`: stdout carries translations only, so make must not echo
+# the command (@). MAKEFLAGS above keeps a calling make from printing "Entering directory"; with
+# `make -C DIR translate` add --no-print-directory (or -s) yourself: -C turns that message on.
 translate: ## translate INPUT (default stdin) to OUTPUT (default stdout) with CKPT
-	$(NMT) translate translate.ckpt=$(CKPT) $(if $(INPUT),translate.input=$(INPUT)) $(if $(OUTPUT),translate.output=$(OUTPUT)) $(ARGS)
+	@$(NMT) translate translate.ckpt=$(CKPT) $(if $(INPUT),translate.input=$(INPUT)) $(if $(OUTPUT),translate.output=$(OUTPUT)) $(ARGS)
 
 evaluate: ## translate the test sets with CKPT and score them with sacreBLEU
-	$(NMT) evaluate translate.ckpt=$(CKPT) $(ARGS)
+	@$(NMT) evaluate translate.ckpt=$(CKPT) $(ARGS)
 
 tensorboard: ## serve TensorBoard for RUN (a run directory or a parent of runs)
 	$(VENV)/bin/tensorboard --logdir $(RUN)

@@ -3,24 +3,29 @@
 Thin entry points over the library: compose the config with Hydra, turn it into typed
 dataclasses, call one library function, and print a user mistake (`UserError`, a missing or
 ill-typed setting) as one line on stderr with exit status 2 instead of a traceback.
+
+Only the standard library is imported at the top. Hydra, PyTorch and the commands are
+imported inside `main()`, under its guard: Ctrl-C at any moment, start-up included, ends with
+one line and status 130, and a closed stdout (`nmt translate ... | head -1`) ends quietly.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-
-from nmt.config import CONFIG_DIR, Config, to_config
 from nmt.errors import UserError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from nmt.config import Config
 
 log = logging.getLogger("nmt")
 
@@ -35,15 +40,19 @@ commands:
 Overrides are Hydra's: `nmt train model=rnn_bahdanau train.max_epochs=5`.
 `nmt <command> --help` lists the config groups and the composed config."""
 
-# An absolute path: Hydra would read "../configs" as a module.
-CONFIG_PATH = str(CONFIG_DIR)
-# Commands that write no run directory: Hydra logs to stderr only and saves nothing.
-NO_RUN_DIR = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=console"]
+# Commands that write no run directory: Hydra logs to stderr only.
+NO_RUN_DIR = ["hydra.run.dir=.", "hydra/job_logging=console"]
+# What a checkpoint carries and translate/evaluate therefore refuse to take from the command line.
+CARRIED = {"model": "model", "data": "data", "train": "training"}
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as shells report `yes | head -1`'s writer
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Print a user mistake as `nmt: error: ...` on stderr and exit with status 2."""
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
     try:
         yield
     except UserError as error:
@@ -66,6 +75,8 @@ def typed(dict_cfg: DictConfig) -> Config:
 
     Offline mode is read when `datasets` is first imported, so commands import it after this.
     """
+    from nmt.config import to_config
+
     with user_errors():
         cfg = to_config(dict_cfg)
     if cfg.data.format != "hub":
@@ -74,59 +85,101 @@ def typed(dict_cfg: DictConfig) -> Config:
     return cfg
 
 
-@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
+def decode_overrides(command: str, overrides: list[str], cfg: Config) -> dict[str, Any]:
+    """The decode settings typed on the command line (key -> composed value), for translate
+    and evaluate to apply over the checkpoint's own; a group choice such as `decode=greedy`
+    counts as typing every key its file sets.
+
+    Typed keys are read from the overrides themselves, not found by comparing values with the
+    defaults: `decode.beam_size=5` typed on purpose must win over a checkpoint's beam 3. The
+    model, data and training settings and the experiment are the checkpoint's: overriding them
+    here could only mislead, so it is refused.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from nmt.config import CONFIG_DIR
+
+    typed_keys: set[str] = set()
+    for override in OverridesParser.create().parse_overrides(overrides=overrides):
+        key = override.key_or_group
+        section = key.split(".")[0]
+        if section in CARRIED:
+            hint = ""
+            if section == "data" and command == "evaluate":
+                hint = " (evaluate.data_root=DIR reads its corpus from another folder)"
+            raise UserError(f"{override.input_line}: the checkpoint carries its "
+                            f"{CARRIED[section]} settings; drop this override{hint}")  # fmt: skip
+        if section == "experiment":
+            raise UserError(f"{override.input_line}: the checkpoint carries its experiment's "
+                            "settings, its decode settings included; drop this override "
+                            "and type decode.* keys to change the search")  # fmt: skip
+        if key == "decode":
+            group_file = CONFIG_DIR / "decode" / f"{override.value()}.yaml"
+            typed_keys.update(str(k) for k in OmegaConf.load(group_file))
+        elif section == "decode":
+            typed_keys.add(key.split(".", 1)[1])
+    return {key: getattr(cfg.decode, key) for key in sorted(typed_keys)}
+
+
 def data_command(dict_cfg: DictConfig) -> None:
     """Prepare the data and print what happened (a second run is a cache hit)."""
+    cfg = typed(dict_cfg)
     from nmt.data import format_stats, prepare
 
-    cfg = typed(dict_cfg)
     with user_errors():
         print(format_stats(prepare(cfg.data)))
 
 
-@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def train_command(dict_cfg: DictConfig) -> None:
-    """Save the resolved config in the run directory, then train (preparing data first)."""
+    """Train in Hydra's run directory (preparing data first); the trainer records the config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = typed(dict_cfg)
     from nmt.train import train
 
-    cfg = typed(dict_cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
     with user_errors():
-        train(cfg, run_dir)
+        train(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
-@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def translate_command(dict_cfg: DictConfig) -> None:
     """Translate `translate.input` (or stdin) into `translate.output` (or stdout)."""
+    cfg, overrides = _inference_config(dict_cfg, "translate")
     from nmt.translate import translate_file
 
-    cfg = typed(dict_cfg)
     with user_errors():
-        translate_file(cfg)
+        translate_file(cfg.translate, decode_overrides=overrides)
 
 
-@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def evaluate_command(dict_cfg: DictConfig) -> None:
     """Score a checkpoint on its test sets, or a hypothesis file against a reference file."""
-    from nmt.evaluate import evaluate_checkpoint, format_scores, score_files
+    cfg, overrides = _inference_config(dict_cfg, "evaluate")
+    from nmt.translate import evaluate_checkpoint, format_scores, score_files
 
-    cfg = typed(dict_cfg)
-    settings = cfg.translate
+    settings = cfg.evaluate
     with user_errors():
         if settings.hypotheses or settings.references:
             if not (settings.hypotheses and settings.references):
-                raise UserError("give both translate.hypotheses and translate.references")
-            print(
-                format_scores([score_files(Path(settings.hypotheses), Path(settings.references))])
-            )
+                raise UserError("give both evaluate.hypotheses and evaluate.references")
+            row = score_files(Path(settings.hypotheses), Path(settings.references))
+            print(format_scores([row]))
             return
-        record = evaluate_checkpoint(cfg)
+        record = evaluate_checkpoint(cfg.translate, settings, decode_overrides=overrides)
         print(format_scores(record["results"]))
         print(f"wrote {record['path']}")
 
 
-COMMANDS: dict[str, tuple[Callable[[], None], list[str]]] = {
+def _inference_config(dict_cfg: DictConfig, command: str) -> tuple[Config, dict[str, Any]]:
+    """The typed config and the typed decode overrides; refused overrides end here, before
+    the heavy imports of the command."""
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = typed(dict_cfg)
+    with user_errors():
+        return cfg, decode_overrides(command, list(HydraConfig.get().overrides.task), cfg)
+
+
+COMMANDS: dict[str, tuple[Callable[[DictConfig], None], list[str]]] = {
     "data": (data_command, NO_RUN_DIR),
     "train": (train_command, []),
     "translate": (translate_command, NO_RUN_DIR),
@@ -146,4 +199,43 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     command, fixed_overrides = COMMANDS[name]
     sys.argv = [f"nmt {name}", *fixed_overrides, *overrides]
-    command()
+    with quiet_exits():  # Ctrl-C while importing Hydra or composing the config
+        import hydra
+
+        from nmt.config import CONFIG_DIR
+
+        # An absolute path: Hydra would read "../configs" as a module.
+        compose = hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="config")
+        compose(_guarded(command))()
+
+
+def _guarded(command: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """`command` under `quiet_exits` inside Hydra, which would report a BrokenPipeError
+    itself (it catches every Exception a task raises; Ctrl-C and exits pass through)."""
+
+    @functools.wraps(command)
+    def run(dict_cfg: DictConfig) -> None:
+        with quiet_exits():
+            command(dict_cfg)
+
+    return run
+
+
+@contextmanager
+def quiet_exits() -> Iterator[None]:
+    """End on Ctrl-C or on a closed stdout with one line on stderr instead of a traceback.
+
+    Commands clean up on the way out (`finally`: temporary files are removed). Once stdout
+    is closed, Python would fail again flushing it at exit ("Exception ignored ...
+    BrokenPipeError"), so it is pointed at /dev/null first.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("nmt: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        print("nmt: stdout was closed; stopped", file=sys.stderr)
+        sys.exit(EXIT_BROKEN_PIPE)

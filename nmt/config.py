@@ -137,19 +137,21 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    """Search settings shared by validation, `nmt translate` and `nmt evaluate`."""
+    """Search settings. Training validates with them and saves them in its checkpoints;
+    `nmt translate` and `nmt evaluate` decode with the checkpoint's, replacing only the keys
+    typed on their command line."""
 
-    beam_size: int = 5
+    beam_size: int = 5  # 1 = greedy search
     length_penalty: float = 1.0  # GNMT alpha; 0 disables
     max_len_a: float = 1.5  # max output length = a * source length + b
     max_len_b: int = 10
-    batch_size: int = 64  # most sentences per batch (translate.max_tokens also bounds it)
-    nbest: int = 1
+    max_sentences: int = 64  # most sentences per search batch (translate.max_tokens also bounds it)
+    nbest: int = 1  # hypotheses kept per sentence, best first (at most beam_size)
 
 
 @dataclass
 class TranslateConfig:
-    """`nmt translate` and `nmt evaluate`: which checkpoint, which text, where to write."""
+    """`nmt translate` and `nmt evaluate`: which checkpoint, on what, and what to read and write."""
 
     ckpt: str | None = None  # a checkpoint file, or a run directory (its best.pt)
     input: str | None = None  # translate: a text file, one sentence a line; null for stdin
@@ -161,9 +163,15 @@ class TranslateConfig:
     strict: bool = False  # bad bytes / control characters: error naming the line, not a warning
     nbest_tsv: str | None = None  # translate: also write the n-best lists (decode.nbest) as TSV
     attention_dir: str | None = None  # translate: one attention heatmap PNG per sentence
-    splits: list[str] | None = None  # evaluate: default, the checkpoint's valid and test splits
-    data_root: str | None = None  # evaluate: the corpus folder, if not where training read it
-    hypotheses: str | None = None  # evaluate: score this file against `references` instead
+
+
+@dataclass
+class EvaluateConfig:
+    """`nmt evaluate` only: what to score (the checkpoint and device are `translate.*`)."""
+
+    splits: list[str] | None = None  # default: the checkpoint's validation and test splits
+    data_root: str | None = None  # the corpus folder, if not where training read it
+    hypotheses: str | None = None  # score this file against `references` instead of a checkpoint
     references: str | None = None
 
 
@@ -176,6 +184,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     name: str = "default"  # experiment name; runs go to runs/<name>/<timestamp>
 
 

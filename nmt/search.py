@@ -1,4 +1,5 @@
-"""Greedy and batched beam search over the `Seq2Seq` contract only: `encode`, `decode`, `select`.
+"""Greedy and batched beam search over the `Seq2Seq` contract only: `encode`, `decode`, `select`;
+and `search_in_order`, which searches many sentences in length-sorted batches and keeps their order.
 
 Letters: B batch, S source length, V vocabulary, K beam size, N n-best size, W the longest
 output length allowed in the batch. Masks are bool with True = real token.
@@ -15,6 +16,7 @@ Conventions shared by both searches:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nmt.config import DecodeConfig
+from nmt.data.batching import collate, plan_batches
+from nmt.device import autocast
 from nmt.models.base import Seq2Seq, State, select
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -58,11 +62,6 @@ class SearchResult:
     def scores(self) -> list[float]:
         return [hyps[0].score for hyps in self.nbest]
 
-    @property
-    def attention(self) -> list[Tensor | None]:
-        """The best output's attention (|Y|, s) of each sentence; None unless requested."""
-        return [hyps[0].attn for hyps in self.nbest]
-
 
 def gnmt_penalty(num_steps: Tensor | int, alpha: float) -> Tensor | float:
     """lp(|Y|) = ((5 + |Y|) / 6)^α, the divisor of a hypothesis' summed log-probability."""
@@ -93,6 +92,7 @@ def greedy_search(
     model: Seq2Seq,
     src: Tensor,
     src_mask: Tensor,
+    *,
     max_len_a: float,
     max_len_b: float,
     length_penalty: float = 0.0,
@@ -219,6 +219,7 @@ def beam_search(
     model: Seq2Seq,
     src: Tensor,
     src_mask: Tensor,
+    *,
     beam_size: int,
     length_penalty: float,
     max_len_a: float,
@@ -238,8 +239,7 @@ def beam_search(
     leave the batch (`select`). With α = 0 and K = 1 this gives exactly `greedy_search`; with
     α > 0 it may keep searching past greedy's EOS for a longer, better-normalised output.
     """
-    if not 1 <= nbest <= beam_size:
-        raise ValueError(f"decode.nbest={nbest} must be between 1 and decode.beam_size={beam_size}")
+    assert 1 <= nbest <= beam_size, (nbest, beam_size)  # settings are checked where they are read
     k, device = beam_size, src.device
     batch_size, src_len = src.shape
     max_lens = max_output_lengths(src_mask, max_len_a, max_len_b)
@@ -304,26 +304,55 @@ def search(
     src: Tensor,
     src_mask: Tensor,
     cfg: DecodeConfig,
+    *,
     need_attention: bool = False,
 ) -> SearchResult:
     """Greedy search for `cfg.beam_size` 1, beam search otherwise; scores use `cfg.length_penalty`
     either way. `src` (B, S) ids, `src_mask` (B, S). Call with the model in eval mode.
     """
+    lengths = {"max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b}
     if cfg.beam_size == 1 and cfg.nbest == 1:
-        return greedy_search(
-            model, src, src_mask, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, need_attention
-        )
-    return beam_search(
-        model,
-        src,
-        src_mask,
-        cfg.beam_size,
-        cfg.length_penalty,
-        cfg.max_len_a,
-        cfg.max_len_b,
-        cfg.nbest,
-        need_attention,
-    )
+        return greedy_search(model, src, src_mask, **lengths, length_penalty=cfg.length_penalty,
+                             need_attention=need_attention)  # fmt: skip
+    return beam_search(model, src, src_mask, **lengths, beam_size=cfg.beam_size,
+                       length_penalty=cfg.length_penalty, nbest=cfg.nbest,
+                       need_attention=need_attention)  # fmt: skip
+
+
+@torch.inference_mode()
+def search_in_order(
+    model: Seq2Seq,
+    src_ids: Sequence[list[int]],
+    cfg: DecodeConfig,
+    *,
+    device: torch.device,
+    precision: torch.dtype,
+    max_tokens: int,
+    need_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """The n-best list of every source (ids without EOS), in the order of `src_ids`.
+
+    Sources are sorted by length and cut into batches of at most `max_tokens` source tokens
+    (EOS included) and `cfg.max_sentences` sentences, so that little of each batch is padding;
+    no length is rounded up (search compiles nothing). An empty source gets an empty output
+    without a search, and so does one too long for `max_tokens` alone (`plan_batches` warns):
+    callers truncate sources to fit. Validation and both commands decode through here.
+    """
+    model.eval()
+    results = [[Hypothesis([], 0.0, True)] for _ in src_ids]
+    real = [i for i, ids in enumerate(src_ids) if ids]
+    lengths = [len(src_ids[i]) for i in real]
+    plan = plan_batches(lengths, [0] * len(real), max_tokens, pad_multiple=1,
+                        max_sentences=cfg.max_sentences)  # fmt: skip
+    for batch in plan:
+        rows = [real[i] for i in batch]
+        padded = collate([src_ids[r] for r in rows], [[] for _ in rows], rows, pad_multiple=1)
+        with autocast(device, precision):
+            found = search(model, padded.src.to(device), padded.src_mask.to(device), cfg,
+                           need_attention=need_attention)  # fmt: skip
+        for row, nbest in zip(rows, found.nbest):
+            results[row] = nbest
+    return results
 
 
 def _unsqueeze(x: Tensor | None) -> Tensor | None:

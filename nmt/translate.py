@@ -1,176 +1,133 @@
-"""Translate text with a checkpoint: streamed in chunks, length-sorted batches, input order kept.
+"""The `nmt translate` and `nmt evaluate` commands: a checkpoint with its own settings (only the
+decode keys a user typed replace the checkpoint's), text in, translations or sacreBLEU scores out.
 
-Every input line gives exactly one output line: empty and whitespace-only lines give an empty
-line, over-long lines are truncated to what the model can read, and undecodable bytes or
-control characters are replaced and counted (or, with `translate.strict`, stop with the line).
+Both commands start the same way (`_start`): load the checkpoint, say which file and step, merge
+the search settings and say where each came from. They sit above search and evaluation, which
+training also uses, and are the only place that reads and writes the user's files.
+
+Every input line of `nmt translate` gives exactly one output line: empty and whitespace-only
+lines give an empty line, over-long lines are truncated to what the model can read, and
+undecodable bytes or control characters are replaced and counted (or, with `translate.strict`,
+stop with the line). Paths that could only fail after translating everything, or that would
+overwrite the input, are refused before the model is even loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import json
 import logging
+import os
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TextIO
 
-import torch
+import datasets
 
 from nmt import viz
-from nmt.checkpoint import load_checkpoint
-from nmt.config import Config, DecodeConfig, from_dict
-from nmt.data.batching import collate, plan_batches
-from nmt.data.clean import has_control_chars, normalize
-from nmt.device import autocast, resolve_device, resolve_precision
+from nmt.config import DecodeConfig, EvaluateConfig, TranslateConfig
+from nmt.data.batching import column
+from nmt.data.clean import has_control_chars
+from nmt.data.corpus import load_split
 from nmt.errors import UserError
-from nmt.models import build_model
-from nmt.models.base import Seq2Seq
-from nmt.search import Hypothesis, search
-from nmt.tokenizer import Tokenizer
+from nmt.evaluate import Scores, corpus_scores
+from nmt.search import Hypothesis
+from nmt.translator import InputReport, Translator, describe_search, resolve_decode
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class InputReport:
-    """What had to be done to the input, for one warning each at the end."""
-
-    num_lines: int = 0
-    empty: int = 0
-    truncated: int = 0
-    bad_bytes: int = 0
-    control: int = 0
-
-    def warn(self, max_src_len: int) -> None:
-        if self.truncated:
-            log.warning("%d lines were longer than %d subwords and were truncated",
-                        self.truncated, max_src_len)  # fmt: skip
-        if self.bad_bytes:
-            log.warning("%d lines had undecodable bytes, replaced by U+FFFD", self.bad_bytes)
-        if self.control:
-            log.warning("%d lines had control characters, removed", self.control)
+def _start(
+    settings: TranslateConfig, decode_overrides: Mapping[str, Any] | None
+) -> tuple[Translator, DecodeConfig]:
+    """Load `translate.ckpt` and merge its search settings with the typed `decode_overrides`;
+    log which checkpoint and which search, so a score or a file can be traced to both."""
+    if settings.ckpt is None:
+        raise UserError("translate.ckpt is required: a checkpoint file or a run directory")
+    translator = Translator.load(settings.ckpt, device=settings.device,
+                                 precision=settings.precision)  # fmt: skip
+    decode, origins = resolve_decode(translator.ckpt_cfg.decode, decode_overrides or {})
+    log.info("%s", describe_search(decode, origins))
+    return translator, decode
 
 
-@dataclass
-class Translator:
-    """A model with its tokenizers and the settings it was trained with."""
-
-    model: Seq2Seq
-    src_tokenizer: Tokenizer
-    tgt_tokenizer: Tokenizer
-    cfg: Config  # the checkpoint's own configuration
-    device: torch.device
-    precision: torch.dtype
-    report: InputReport = field(default_factory=InputReport)
-
-    @classmethod
-    def load(cls, ckpt: str | Path, device: str = "auto", precision: str = "auto") -> Translator:
-        """Rebuild the model from a checkpoint alone (its config and SentencePiece models)."""
-        torch_device = resolve_device(device, key="translate.device")
-        dtype = resolve_precision(precision, torch_device, key="translate.precision")
-        state = load_checkpoint(ckpt, map_location="cpu")
-        cfg = from_dict(state["config"])
-        src_tokenizer, tgt_tokenizer = Tokenizer(state["src_spm"]), Tokenizer(state["tgt_spm"])
-        model = build_model(cfg.model, src_tokenizer.vocab_size, tgt_tokenizer.vocab_size)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise UserError(
-                f"checkpoint {ckpt} does not match the model its config describes "
-                f"({str(error).splitlines()[0]}): it was written by another version of nmt"
-            ) from None
-        model.to(torch_device).eval()
-        return cls(model, src_tokenizer, tgt_tokenizer, cfg, torch_device, dtype)
-
-    def max_src_len(self, decode: DecodeConfig) -> int:
-        """Longest source (subwords, EOS excluded) the model reads and answers within its
-        `max_positions`: max output length a·S + b must fit too."""
-        limit = self.cfg.model.max_positions - 1
-        by_output = int((limit - decode.max_len_b) / max(decode.max_len_a, 1e-9))
-        return max(1, min(limit - 1, by_output))
-
-    def encode(self, texts: list[str], decode: DecodeConfig) -> list[list[int]]:
-        limit = self.max_src_len(decode)
-        ids = self.src_tokenizer.encode(texts)
-        self.report.truncated += sum(len(x) > limit for x in ids)
-        return [x[:limit] for x in ids]
-
-    def translate_ids(
-        self, src_ids: list[list[int]], decode: DecodeConfig, max_tokens: int, need_attention: bool
-    ) -> list[list[Hypothesis]]:
-        """n-best lists for encoded sentences, in their order."""
-        return search_in_order(self.model, src_ids, decode, self.device, self.precision,
-                               max_tokens, need_attention)  # fmt: skip
-
-    def translate(
-        self,
-        lines: Iterable[str],
-        decode: DecodeConfig,
-        max_tokens: int = 8192,
-        chunk_lines: int = 20_000,
-        need_attention: bool = False,
-    ) -> Iterator[tuple[str, list[Hypothesis], list[int]]]:
-        """(source, n-best, source ids) per input line, in input order, `chunk_lines` at a time."""
-        chunk: list[str] = []
-        for line in lines:
-            chunk.append(line)
-            if len(chunk) == chunk_lines:
-                yield from self._translate_chunk(chunk, decode, max_tokens, need_attention)
-                chunk = []
-        if chunk:
-            yield from self._translate_chunk(chunk, decode, max_tokens, need_attention)
-
-    def _translate_chunk(self, chunk, decode, max_tokens, need_attention):
-        texts = [self._clean(line) for line in chunk]
-        src_ids = self.encode(texts, decode)
-        found = self.translate_ids(src_ids, decode, max_tokens, need_attention)
-        yield from zip(texts, found, src_ids)
-
-    def _clean(self, line: str) -> str:
-        self.report.num_lines += 1
-        if has_control_chars(line):
-            self.report.control += 1
-        text = normalize(line, self.cfg.data.clean.normalization)
-        self.report.empty += not text
-        return text
-
-    def detokenize(self, hypothesis: Hypothesis) -> str:
-        """Detokenized text of one hypothesis, on one line whatever the vocabulary holds."""
-        return " ".join(self.tgt_tokenizer.decode([hypothesis.tokens])[0].split())
+def check_paths(settings: TranslateConfig) -> None:
+    """Refuse, before any work, the paths that would fail only after translating everything
+    or destroy data: a missing input, an output or n-best file that is a directory, a heatmap
+    folder that is a file, and any two of input, output, n-best file and heatmap folder that
+    are the same path (an output equal to the input would replace it with its translation)."""
+    named = {
+        key: Path(value)
+        for key, value in (
+            ("translate.input", settings.input),
+            ("translate.output", settings.output),
+            ("translate.nbest_tsv", settings.nbest_tsv),
+            ("translate.attention_dir", settings.attention_dir),
+        )
+        if value
+    }
+    source = named.get("translate.input")
+    if source is not None and not source.is_file():
+        raise UserError(f"input file {source} does not exist (translate.input)")
+    for key in ("translate.output", "translate.nbest_tsv"):
+        if key in named and named[key].is_dir():
+            raise UserError(f"{key}={named[key]} is a directory: give a file name")
+    folder = named.get("translate.attention_dir")
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise UserError(f"translate.attention_dir={folder} is a file: give a folder for the PNGs")
+    for (key_a, a), (key_b, b) in itertools.combinations(named.items(), 2):
+        if a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b)):
+            raise UserError(f"{key_b}={b} is the same path as {key_a}: give each its own path")
 
 
-@torch.inference_mode()
-def search_in_order(
-    model: Seq2Seq,
-    src_ids: list[list[int]],
-    decode: DecodeConfig,
-    device: torch.device,
-    precision: torch.dtype = torch.float32,
-    max_tokens: int = 8192,
-    need_attention: bool = False,
-) -> list[list[Hypothesis]]:
-    """Search every source (ids without EOS) in length-sorted batches of at most `max_tokens`
-    source tokens and `decode.batch_size` sentences; n-best lists come back in input order.
-    An empty source gets an empty output without a search."""
-    model.eval()
-    results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, True)] for _ in src_ids]
-    real = [i for i, ids in enumerate(src_ids) if ids]
-    lengths = [len(src_ids[i]) for i in real]
-    plan = plan_batches(lengths, [0] * len(real), max_tokens, pad_multiple=1,
-                        max_sentences=decode.batch_size)  # fmt: skip
-    for batch in plan:
-        rows = [real[i] for i in batch]
-        padded = collate([src_ids[r] for r in rows], [[] for _ in rows], rows, pad_multiple=1)
-        with autocast(device, precision):
-            found = search(model, padded.src.to(device), padded.src_mask.to(device), decode,
-                           need_attention)  # fmt: skip
-        for row, nbest in zip(rows, found.nbest):
-            results[row] = nbest
-    return results
+def translate_file(
+    settings: TranslateConfig, *, decode_overrides: Mapping[str, Any] | None = None
+) -> InputReport:
+    """`nmt translate`: `translate.input` (or stdin) to `translate.output` (or stdout), one line
+    per line, with the checkpoint's search settings but for `decode_overrides` (key -> value).
+
+    A file output is written to a temporary name and renamed when complete, so it is never
+    left half-written, even by Ctrl-C.
+    """
+    check_paths(settings)
+    translator, decode = _start(settings, decode_overrides)
+    input_path = Path(settings.input) if settings.input else None
+    attention_dir = Path(settings.attention_dir) if settings.attention_dir else None
+    if attention_dir is not None:
+        _make_folder(attention_dir, "translate.attention_dir")
+    source = open(input_path, "rb") if input_path else sys.stdin.buffer  # noqa: SIM115
+    outputs = _Outputs()
+    try:
+        outputs.open(settings.output, "translate.output")
+        outputs.open(settings.nbest_tsv, "translate.nbest_tsv")
+        lines = read_lines(source, str(input_path or "<stdin>"), strict=settings.strict,
+                           report=translator.report)  # fmt: skip
+        results = translator.translate(lines, decode, max_tokens=settings.max_tokens,
+                                        chunk_lines=settings.chunk_lines,
+                                        need_attention=attention_dir is not None)  # fmt: skip
+        for index, (_, nbest, src_ids) in enumerate(results):
+            outputs.write(index, [(translator.detokenize(h), h.score) for h in nbest])
+            if attention_dir is not None:
+                path = attention_dir / f"{index:06d}.png"  # the n-best TSV's index
+                save_attention(translator, path, src_ids, nbest[0], index)
+        outputs.commit()
+    finally:
+        outputs.close()
+        if input_path:
+            source.close()
+    translator.report.log_summary(translator.max_src_len(decode, settings.max_tokens))
+    return translator.report
 
 
-def read_lines(stream: BinaryIO, name: str, strict: bool, report: InputReport) -> Iterator[str]:
-    """Lines of a byte stream split on `\\n` only, decoded as UTF-8 (bad bytes: see `strict`)."""
+def read_lines(stream: BinaryIO, name: str, *, strict: bool, report: InputReport) -> Iterator[str]:
+    """Lines of a byte stream split on `\\n` only, decoded as UTF-8 (bad bytes: see `strict`).
+
+    Bytes, not text mode: Python's text mode would also split on other line separators (and
+    so break the one-line-per-line promise) and would fail on the first bad byte.
+    """
     for line_no, raw in enumerate(stream, start=1):
         raw = raw.rstrip(b"\r\n")
         try:
@@ -196,70 +153,61 @@ def save_attention(
 ) -> None:
     """A labelled heatmap PNG of one sentence's attention (target rows, source columns): the
     RNN's additive attention, or the Transformer's last-layer cross-attention (head mean)."""
+    attn = hypothesis.attn.numpy() if hypothesis.attn is not None else None
+    if attn is None or attn.size == 0:
+        return  # an empty source was not searched: nothing to draw
     src_labels = [*translator.src_tokenizer.pieces(src_ids), "</s>"]
     tgt_labels = translator.tgt_tokenizer.pieces(hypothesis.tokens)
     if hypothesis.eos:
         tgt_labels.append("</s>")
-    attn = hypothesis.attn.numpy() if hypothesis.attn is not None else None
-    if attn is None or attn.size == 0:
-        return
-    kind = "additive " if translator.cfg.model.arch == "rnn" else "last-layer cross-"
+    kind = "additive " if translator.ckpt_cfg.model.arch == "rnn" else "last-layer cross-"
     title = f"sentence {index}: {kind}attention"
     viz.save_png(viz.heatmap(attn, src_labels, tgt_labels, title), path)
 
 
-def translate_file(cfg: Config) -> InputReport:
-    """`nmt translate`: input file (or stdin) to output file (or stdout), one line per line.
-
-    A file output is written to a temporary name and renamed when complete, so it is never
-    left half-written.
-    """
-    settings = cfg.translate
-    if settings.ckpt is None:
-        raise UserError("translate.ckpt is required: a checkpoint file or a run directory")
-    translator = Translator.load(settings.ckpt, settings.device, settings.precision)
-    decode = cfg.decode
-    if decode.nbest > decode.beam_size:
-        raise UserError(f"decode.nbest={decode.nbest} exceeds decode.beam_size={decode.beam_size}")
-    input_path = Path(settings.input) if settings.input else None
-    if input_path is not None and not input_path.is_file():
-        raise UserError(f"input file {input_path} does not exist (translate.input)")
-    attention_dir = Path(settings.attention_dir) if settings.attention_dir else None
-    source = open(input_path, "rb") if input_path else sys.stdin.buffer  # noqa: SIM115
-    outputs = _Outputs(settings.output, settings.nbest_tsv)
+def _make_folder(path: Path, key: str) -> None:
+    """Create a folder now, so that a path that cannot be one fails before the translation."""
     try:
-        lines = read_lines(source, str(input_path or "<stdin>"), settings.strict, translator.report)
-        results = translator.translate(
-            lines, decode, settings.max_tokens, settings.chunk_lines, attention_dir is not None
-        )
-        for index, (_, nbest, src_ids) in enumerate(results):
-            outputs.write(index, [(translator.detokenize(h), h.score) for h in nbest])
-            if attention_dir is not None:
-                path = attention_dir / f"{index:06d}.png"  # the n-best TSV's index
-                save_attention(translator, path, src_ids, nbest[0], index)
-        outputs.commit()
-    finally:
-        outputs.close()
-        if input_path:
-            source.close()
-    translator.report.warn(translator.max_src_len(decode))
-    return translator.report
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {key}={path}: {error.strerror}") from None
 
 
 class _Outputs:
-    """The translation (file or stdout) and optional n-best TSV, committed by rename."""
+    """The translation (a file, or stdout) and the optional n-best TSV, committed by rename.
 
-    def __init__(self, output: str | None, nbest_tsv: str | None) -> None:
-        self.targets = [Path(p) for p in (output, nbest_tsv) if p]
-        self.temporary = [p.with_name(f".{p.name}.tmp") for p in self.targets]
-        for path in self.temporary:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        files = [open(p, "w", encoding="utf-8") for p in self.temporary]  # noqa: SIM115
-        self.text = files[0] if output else sys.stdout
-        self.nbest = files[-1] if nbest_tsv else None
-        self.files = files
+    Files are written under a temporary name beside their target and renamed into place only
+    once everything is translated: an interrupted or failed run leaves the previous file (or
+    none) and no temporary file. The process id in the name keeps concurrent runs apart.
+    """
+
+    def __init__(self) -> None:
+        self.renames: list[tuple[Path, Path]] = []  # (temporary, target)
+        self.files: list[TextIO] = []
+        self.text: TextIO = sys.stdout
+        self.nbest: TextIO | None = None
+
+    def open(self, target: str | None, key: str) -> None:
+        """Open the temporary file of `translate.output` or `translate.nbest_tsv` (`key`)."""
+        if not target:
+            return
+        path = Path(target)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        _make_folder(path.parent, key)
+        try:
+            file = open(tmp, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as error:
+            raise UserError(f"cannot write {key}={path}: {error.strerror}") from None
+        self.renames.append((tmp, path))
+        self.files.append(file)
+        if key == "translate.output":
+            self.text = file
+        else:
+            self.nbest = file
 
     def write(self, index: int, nbest: list[tuple[str, float]]) -> None:
+        """The best translation of line `index`, and its n-best list as TSV rows
+        (line index, rank, score, text)."""
         self.text.write(nbest[0][0] + "\n")
         if self.nbest is not None:
             for rank, (text, score) in enumerate(nbest):
@@ -268,14 +216,103 @@ class _Outputs:
     def commit(self) -> None:
         for file in self.files:
             file.close()
-        for tmp, path in zip(self.temporary, self.targets):
+        for tmp, path in self.renames:
             tmp.replace(path)
 
     def close(self) -> None:
         """Close, and remove what was not committed (an interrupted run leaves nothing)."""
         for file in self.files:
             file.close()
-        for tmp in self.temporary:
+        for tmp, _ in self.renames:
             tmp.unlink(missing_ok=True)
         if self.text is sys.stdout:
-            sys.stdout.flush()
+            sys.stdout.flush()  # a closed pipe (`| head`) raises here, for the command to end
+
+
+def _read_text(path: Path, key: str) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist ({key})")
+    return path.read_text(encoding="utf-8").split("\n")[:-1] if path.stat().st_size else []
+
+
+def score_files(hypotheses: Path, references: Path) -> dict:
+    """sacreBLEU of a hypothesis file against a reference file, as a `format_scores` row."""
+    hyps = _read_text(hypotheses, "evaluate.hypotheses")
+    refs = _read_text(references, "evaluate.references")
+    if len(hyps) != len(refs):
+        raise UserError(
+            f"{hypotheses} has {len(hyps)} lines but {references} has {len(refs)}: "
+            "a translation has one line per reference line"
+        )
+    scores = corpus_scores(hyps, refs)
+    return {"split": hypotheses.name, "lines": len(hyps), **dataclasses.asdict(scores)}
+
+
+def translate_and_score(
+    translator: Translator,
+    raw: datasets.Dataset,
+    decode: DecodeConfig,
+    *,
+    max_tokens: int,
+    chunk_lines: int,
+) -> tuple[list[str], Scores]:
+    """Translate a raw split's `src` column as `nmt translate` would (same cleaning, batching
+    and detokenization) and score the output against its raw `tgt` column."""
+    results = translator.translate(column(raw, "src"), decode, max_tokens=max_tokens,
+                                   chunk_lines=chunk_lines)  # fmt: skip
+    hypotheses = [translator.detokenize(nbest[0]) for _, nbest, _ in results]
+    return hypotheses, corpus_scores(hypotheses, column(raw, "tgt"))
+
+
+def evaluate_checkpoint(
+    settings: TranslateConfig,
+    evaluate: EvaluateConfig,
+    *,
+    decode_overrides: Mapping[str, Any] | None = None,
+) -> dict:
+    """`nmt evaluate`: translate the checkpoint's validation and test splits (or
+    `evaluate.splits`) and score them against the raw reference files.
+
+    The scores go to `eval_<checkpoint>.json` beside the checkpoint, with the search settings
+    used and each split's translations (`eval_<checkpoint>.<split>.<lang>`), so anyone can
+    rescore them with the `sacrebleu` command. Returns that record, with its `path`.
+    """
+    translator, decode = _start(settings, decode_overrides)
+    data_cfg = translator.ckpt_cfg.data
+    if evaluate.data_root:
+        data_cfg = dataclasses.replace(data_cfg, root=evaluate.data_root)
+    stem, folder = f"eval_{translator.path.stem}", translator.path.parent
+    budget = {"max_tokens": settings.max_tokens, "chunk_lines": settings.chunk_lines}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for split in evaluate.splits or [data_cfg.valid_split, *data_cfg.test_splits]:
+            raw = load_split(data_cfg, split, Path(tmp))
+            hypotheses, scores = translate_and_score(translator, raw, decode, **budget)
+            translations = folder / f"{stem}.{split}.{data_cfg.tgt_lang}"
+            translations.write_text("".join(f"{line}\n" for line in hypotheses), encoding="utf-8")
+            rows.append({"split": split, "lines": len(hypotheses), **dataclasses.asdict(scores),
+                         "translations": str(translations)})  # fmt: skip
+    translator.report.log_summary(translator.max_src_len(decode, settings.max_tokens))
+    record = {"checkpoint": str(translator.path), "step": translator.step,
+              "decode": dataclasses.asdict(decode), "results": rows}  # fmt: skip
+    out = folder / f"{stem}.json"
+    out.write_text(json.dumps(record, indent=2))
+    return {**record, "path": str(out)}
+
+
+def format_scores(rows: list[dict]) -> str:
+    """A table of BLEU and chrF per split, with the sacreBLEU signatures under it."""
+    lines = [f"{'split':<22} {'lines':>6} {'BLEU':>7} {'chrF':>7} {'BLEU-lc':>8}"]
+    for row in rows:
+        lines.append(
+            f"{row['split']:<22} {row['lines']:>6} {row['bleu']:>7.2f} {row['chrf']:>7.2f} "
+            f"{row['bleu_lc']:>8.2f}"
+        )
+    lines.append(f"BLEU signature: {rows[0]['bleu_signature']}")
+    lines.append(f"chrF signature: {rows[0]['chrf_signature']}")
+    lines.append(f"BLEU-lc signature: {rows[0]['bleu_lc_signature']}")
+    lines.append(
+        "(sacreBLEU on detokenized output against the raw references; BLEU and chrF cased, "
+        "BLEU-lc lowercased as `sacrebleu -lc`, for comparison with papers only)"
+    )
+    return "\n".join(lines)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from nmt.config import DecodeConfig, model_config
-from nmt.data.batching import collate
+from nmt.config import DecodeConfig, TranslateConfig, model_config
+from nmt.data.batching import chunks, collate
 from nmt.device import autocast, resolve_device, resolve_precision
 from nmt.models import build_model
 from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
 from nmt.search import search
-from nmt.translate import Translator
+from nmt.translator import Translator
 from nmt.vocab import EOS_ID
 
 
@@ -52,9 +52,10 @@ class WithoutCache(Seq2Seq):
 def workload(args, device) -> tuple[Seq2Seq, list[list[int]]]:
     """A model and source id lists: from a checkpoint and file, or synthetic."""
     if args.ckpt:
-        translator = Translator.load(args.ckpt, args.device, "fp32")
+        translator = Translator.load(args.ckpt, device=args.device, precision="fp32")
         lines = Path(args.input).read_text(encoding="utf-8").splitlines()[: args.sentences]
-        return translator.model, translator.encode(lines, DecodeConfig())
+        decode, max_tokens = translator.ckpt_cfg.decode, TranslateConfig().max_tokens
+        return translator.model, translator.encode(lines, decode, max_tokens)
     cfg = model_config(args.model)
     torch.manual_seed(0)
     model = build_model(cfg, args.vocab, args.vocab).to(device).eval()
@@ -72,8 +73,7 @@ def run(model, sources, decode: DecodeConfig, batch_size: int, device, dtype) ->
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     num_tokens = 0
     start = time.perf_counter()
-    for begin in range(0, len(order), batch_size):
-        rows = order[begin : begin + batch_size]
+    for rows in chunks(order, batch_size):
         batch = collate([sources[i] for i in rows], [[] for _ in rows], rows, pad_multiple=1)
         with torch.inference_mode(), autocast(device, dtype):
             result = search(model, batch.src.to(device), batch.src_mask.to(device), decode)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from nmt.config import TranslateConfig
 from nmt.data.corpus import load_split
-from nmt.evaluate import translate_and_score
-from nmt.translate import Translator
+from nmt.translate import translate_and_score
+from nmt.translator import Translator
 
 
 def main() -> None:
@@ -32,20 +32,21 @@ def main() -> None:
     parser.add_argument("--data-root", help="the corpus folder, if not where training read it")
     parser.add_argument("--output", type=Path, help="default: tune_decoding.json beside ckpt")
     args = parser.parse_args()
-    translator = Translator.load(args.ckpt, args.device, "auto")
-    data_cfg = translator.cfg.data
+    translator = Translator.load(args.ckpt, device=args.device, precision="auto")
+    data_cfg = translator.ckpt_cfg.data
     if args.data_root:
         data_cfg = dataclasses.replace(data_cfg, root=args.data_root)
-    settings = TranslateConfig()
+    defaults = TranslateConfig()  # batching as `nmt translate` does it by default
+    budget = {"max_tokens": defaults.max_tokens, "chunk_lines": defaults.chunk_lines}
     with tempfile.TemporaryDirectory() as tmp:
         raw = load_split(data_cfg, data_cfg.valid_split, Path(tmp))
     rows = []
     for beam in args.beams:  # α only changes how finished beams compare: greedy needs one
         for alpha in args.alphas if beam > 1 else [0.0]:
             decode = dataclasses.replace(
-                translator.cfg.decode, beam_size=beam, length_penalty=alpha, nbest=1
+                translator.ckpt_cfg.decode, beam_size=beam, length_penalty=alpha, nbest=1
             )
-            _, scores = translate_and_score(translator, raw, decode, settings)
+            _, scores = translate_and_score(translator, raw, decode, **budget)
             rows.append({"beam": beam, "alpha": alpha, **dataclasses.asdict(scores)})
     best = max(rows, key=lambda row: row["bleu"])
     print(f"{data_cfg.valid_split} ({len(raw)} sentences), {args.ckpt}")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from hydra import compose, initialize_config_dir
+
+from nmt.cli import decode_overrides
+from nmt.config import CONFIG_DIR, to_config
+from nmt.errors import UserError
 from tests.toy import write_toy_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +77,50 @@ def test_usage_and_unknown_command():
     assert "usage: nmt <command>" in run_nmt("--help").stdout
     result = run_nmt("trian")
     assert result.returncode == 2 and "unknown command 'trian'" in result.stderr
+
+
+def composed(*overrides: str):
+    """The typed config `nmt` would compose from these overrides (no subprocess)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return to_config(compose("config", overrides=list(overrides)))
+
+
+def test_typed_decode_keys_are_read_from_the_overrides():
+    overrides = ["decode.beam_size=5", "translate.max_tokens=100", "name=x"]
+    # typed keys win even when they equal the default: the checkpoint may say beam 3
+    assert decode_overrides("translate", overrides, composed(*overrides)) == {"beam_size": 5}
+    # a group choice types every key its file sets; a later key overrides the file's value
+    overrides = ["decode=greedy", "decode.beam_size=2", "decode.max_len_b=7"]
+    assert decode_overrides("evaluate", overrides, composed(*overrides)) == {
+        "beam_size": 2, "length_penalty": 0.0, "max_len_b": 7
+    }  # fmt: skip
+    assert decode_overrides("translate", [], composed()) == {}
+
+
+def test_settings_the_checkpoint_carries_are_refused():
+    for override, expected in (
+        ("model=rnn_bahdanau", "the checkpoint carries its model settings"),
+        ("model.hidden_size=64", "the checkpoint carries its model settings"),
+        ("train.lr=0.1", "the checkpoint carries its training settings"),
+        ("data.root=/elsewhere", "(evaluate.data_root=DIR reads its corpus from another folder)"),
+        ("experiment=smoke", "its decode settings included"),
+    ):
+        with pytest.raises(UserError, match=re.escape(f"{override}: ")) as error:
+            decode_overrides("evaluate", [override], composed(override))
+        assert expected in str(error.value)
+
+
+def test_refused_override_is_one_line_before_anything_loads():
+    result = run_nmt("translate", "translate.ckpt=/nowhere.pt", "experiment=smoke")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "nmt: error: experiment=smoke: the checkpoint carries its experiment's settings, its "
+        "decode settings included; drop this override and type decode.* keys to change the search"
+    ]
+
+
+def test_no_command_writes_a_hydra_folder():
+    # The trainer writes config.yaml itself; Hydra's .hydra/ copy would only duplicate it.
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose("config", return_hydra_config=True)
+    assert cfg.hydra.output_subdir is None

@@ -1,11 +1,12 @@
-"""Greedy and beam search against models defined here, which implement only the contract:
-a scripted-probability model (fairseq-style oracle tables), a random toy GRU with attention,
-and, when `nmt.models` can build them, the real RNN and Transformer.
+"""Greedy and beam search against models that implement only the contract: a scripted-probability
+model (fairseq-style oracle tables) and a random toy GRU with attention, defined here, and the
+real RNN and Transformer; and the order-keeping batched search of many sentences.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import itertools
 import math
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.models import build_model
 from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
 from nmt.search import (
     Hypothesis,
@@ -27,6 +29,7 @@ from nmt.search import (
     greedy_search,
     max_output_lengths,
     search,
+    search_in_order,
 )
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -158,14 +161,10 @@ class EosBias(Seq2Seq):
 
 def build_random_model(kind: str, seed: int) -> Seq2Seq:
     """A random model of `kind`: "toy" (defined here), or "rnn" / "transformer" from
-    `nmt.models.build_model` (skipped if it cannot build them yet), with peaky distributions.
+    `nmt.models.build_model`, with peaky distributions.
     """
     if kind == "toy":
         return ToyGRU(seed, eos_bias=2.0).eval()
-    try:
-        from nmt.models import build_model
-    except ImportError as error:
-        pytest.skip(f"nmt.models.build_model is not importable yet: {error}")
     cfg = ModelConfig(
         arch=kind,
         embed_size=16,
@@ -179,10 +178,7 @@ def build_random_model(kind: str, seed: int) -> Seq2Seq:
         max_positions=64,
     )
     torch.manual_seed(seed)
-    try:
-        model = build_model(cfg, 16, 16)
-    except NotImplementedError as error:
-        pytest.skip(f"nmt.models cannot build arch={kind} yet: {error}")
+    model = build_model(cfg, 16, 16)
     with torch.no_grad():  # larger weights than the real init: fewer near-ties, decisive argmax
         for param in model.parameters():
             param.normal_(0.0, 0.5)
@@ -264,7 +260,9 @@ def test_beam_finds_the_better_sequence_that_greedy_misses() -> None:
     model = ScriptedModel(table)
     src, mask = keyed_batch([9], [3])
     greedy = greedy_search(model, src, mask, max_len_a=0.0, max_len_b=4)
-    beam = beam_search(model, src, mask, 2, 0.0, max_len_a=0.0, max_len_b=4)
+    beam = beam_search(
+        model, src, mask, beam_size=2, length_penalty=0.0, max_len_a=0.0, max_len_b=4
+    )
     assert greedy.tokens == [[a]]
     assert greedy.scores[0] == pytest.approx(math.log(0.6 * 0.35), abs=1e-6)
     assert beam.tokens == [[b]]
@@ -282,8 +280,8 @@ def test_length_penalty_bound_searches_past_a_finished_hypothesis() -> None:
 
     model = ScriptedModel(table)
     src, mask = keyed_batch([9], [1])
-    short = beam_search(model, src, mask, 2, 0.0, max_len_a=0.0, max_len_b=3)
-    long = beam_search(model, src, mask, 2, 1.0, max_len_a=0.0, max_len_b=3)
+    short = beam_search(model, src, mask, beam_size=2, length_penalty=0.0, max_len_a=0, max_len_b=3)
+    long = beam_search(model, src, mask, beam_size=2, length_penalty=1.0, max_len_a=0, max_len_b=3)
     assert short.tokens == [[]]
     assert long.tokens == [[a, a]]
     expected = math.log(0.45 * 0.99 * 0.99) / gnmt_penalty(3, 1.0)
@@ -297,7 +295,9 @@ def test_wide_beam_matches_exhaustive_search(alpha: float) -> None:
     keys, lengths = [11, 12, 13], [1, 2, 3]
     src, mask = keyed_batch(keys, lengths)
     model = ScriptedModel(random_table)
-    result = beam_search(model, src, mask, 80, alpha, max_len_a=1.0, max_len_b=0.0, nbest=5)
+    result = beam_search(
+        model, src, mask, beam_size=80, length_penalty=alpha, max_len_a=1.0, max_len_b=0, nbest=5
+    )
     for key, max_len, hyps in zip(keys, lengths, result.nbest):
         oracle = brute_force(random_table, key, max_len, alpha)
         assert [h.score for h in hyps] == pytest.approx([s for s, _ in oracle[:5]], abs=1e-5)
@@ -308,8 +308,9 @@ def test_wide_beam_matches_exhaustive_search(alpha: float) -> None:
 def test_nbest_sorted_and_scores_are_penalised_sums_of_log_probs(alpha: float) -> None:
     keys, lengths = [21, 22, 23, 24], [2, 5, 3, 4]
     src, mask = keyed_batch(keys, lengths)
+    model = ScriptedModel(random_table)
     result = beam_search(
-        ScriptedModel(random_table), src, mask, 4, alpha, max_len_a=1.0, max_len_b=1.0, nbest=4
+        model, src, mask, beam_size=4, length_penalty=alpha, max_len_a=1.0, max_len_b=1, nbest=4
     )
     for key, max_len, hyps in zip(keys, [3, 6, 4, 5], result.nbest):
         scores = [h.score for h in hyps]
@@ -366,7 +367,9 @@ def test_beam_size_one_is_greedy(kind: str) -> None:
         model = build_random_model(kind, seed)
         src, mask = random_batch([5, 2, 7, 3, 1, 6], seed)
         greedy = greedy_search(model, src, mask, max_len_a=1.0, max_len_b=3)
-        beam = beam_search(model, src, mask, 1, 0.0, max_len_a=1.0, max_len_b=3)
+        beam = beam_search(
+            model, src, mask, beam_size=1, length_penalty=0.0, max_len_a=1, max_len_b=3
+        )
         assert beam.tokens == greedy.tokens
         assert beam.scores == pytest.approx(greedy.scores, abs=1e-5)
         lengths = {len(tokens) for tokens in greedy.tokens}
@@ -412,15 +415,37 @@ def test_scores_stay_float32_under_autocast() -> None:
     model = ToyGRU(seed=3, eos_bias=2.0).eval()
     src, mask = random_batch([4, 2, 6], seed=1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        result = beam_search(model, src, mask, 3, 1.0, max_len_a=1.0, max_len_b=2, nbest=3)
+        result = beam_search(
+            model, src, mask, beam_size=3, length_penalty=1.0, max_len_a=1, max_len_b=2, nbest=3
+        )
     assert all(math.isfinite(h.score) for hyps in result.nbest for h in hyps)
     assert isinstance(result, SearchResult)
 
 
-def test_nbest_larger_than_beam_is_rejected() -> None:
-    src, mask = random_batch([3], seed=0)
-    with pytest.raises(ValueError, match="nbest"):
-        search(ToyGRU(seed=0), src, mask, DecodeConfig(beam_size=2, nbest=3))
+# ---------------------------------------------------------------------------------------------
+# Many sentences: length-sorted batches, input order kept
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_search_in_order_keeps_input_order_whatever_the_batches(beam_size: int) -> None:
+    # Sources of varied lengths, two empty ones among them: every sentence gets the n-best
+    # list it gets searched alone, in input order, with batches cut by sentences or tokens.
+    model = ToyGRU(seed=4, eos_bias=2.0).eval()
+    generator = torch.Generator().manual_seed(2)
+    sources = [torch.randint(4, 16, (n,), generator=generator).tolist() for n in
+               (7, 0, 3, 12, 1, 5, 0, 9, 2, 4)]  # fmt: skip
+    cfg = DecodeConfig(beam_size=beam_size, nbest=beam_size, max_len_a=1.0, max_len_b=2)
+    settings = {"device": torch.device("cpu"), "precision": torch.float32}
+    alone = [search_in_order(model, [ids], cfg, **settings, max_tokens=100) for ids in sources]
+    for max_sentences, max_tokens in ((3, 1000), (64, 30), (1, 14)):
+        capped = dataclasses.replace(cfg, max_sentences=max_sentences)
+        together = search_in_order(model, sources, capped, **settings, max_tokens=max_tokens)
+        assert len(together) == len(sources)
+        for ids, hyps, (single,) in zip(sources, together, alone):
+            assert [h.tokens for h in hyps] == [h.tokens for h in single]
+            assert [h.score for h in hyps] == pytest.approx([h.score for h in single], abs=1e-5)
+            if not ids:  # not searched: one empty output
+                assert len(hyps) == 1 and hyps[0].tokens == [] and hyps[0].eos
 
 
 def test_search_imports_only_the_contract() -> None:
@@ -431,5 +456,5 @@ def test_search_imports_only_the_contract() -> None:
             imported.add(node.module)
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
-    allowed = {"nmt.models.base", "nmt.vocab", "nmt.config"}
+    allowed = {"nmt.models.base", "nmt.vocab", "nmt.config", "nmt.data.batching", "nmt.device"}
     assert {name for name in imported if name.startswith("nmt")} <= allowed

@@ -7,10 +7,12 @@ takes its own shard of it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import datasets
 import torch
@@ -19,6 +21,8 @@ from torch import Tensor
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,18 +60,20 @@ def plan_batches(
     src_lens: Sequence[int],
     tgt_lens: Sequence[int],
     max_tokens: int,
-    pad_multiple: int = 8,
+    pad_multiple: int,
+    *,
     seed: int | None = None,
     epoch: int = 0,
     max_sentences: int | None = None,
 ) -> list[list[int]]:
     """Group row indices into batches whose padded size B·S + B·T stays within `max_tokens`.
 
-    Lengths count the added EOS (source) and BOS/EOS (target). Rows are sorted by length, with
-    ties broken at random when `seed` is given, cut greedily into batches, and the batches are
-    shuffled by (seed, epoch). With `seed=None` the order is sorted and fixed (validation).
-    Rows that alone exceed the budget are left out and counted in a warning. `max_sentences`
-    also caps the rows per batch.
+    Lengths count the added EOS (source) and BOS/EOS (target); each is rounded up to a multiple
+    of `pad_multiple` (a setting: `train.pad_multiple`, or 1 for search, which compiles
+    nothing). Rows are sorted by length, with ties broken at random when `seed` is given, cut
+    greedily into batches, and the batches are shuffled by (seed, epoch). With `seed=None` the
+    order is sorted and fixed (validation). Rows that alone exceed the budget are left out and
+    counted in a warning. `max_sentences` also caps the rows per batch.
     """
     rng = random.Random(f"{seed}-{epoch}") if seed is not None else None
     keys = [rng.random() for _ in src_lens] if rng else [0.0] * len(src_lens)
@@ -109,7 +115,9 @@ def shard(batches: list[list[int]], rank: int, world_size: int) -> list[list[int
     return batches[rank : per_rank * world_size : world_size]
 
 
-def padding_stats(batches: list[list[int]], src_lens, tgt_lens, pad_multiple: int = 8) -> dict:
+def padding_stats(
+    batches: list[list[int]], src_lens: Sequence[int], tgt_lens: Sequence[int], pad_multiple: int
+) -> dict:
     """Real versus padded tokens over a plan: how much of each batch is padding."""
     real = padded = 0
     for batch in batches:
@@ -121,7 +129,7 @@ def padding_stats(batches: list[list[int]], src_lens, tgt_lens, pad_multiple: in
 
 
 def collate(
-    src_ids: list[list[int]], tgt_ids: list[list[int]], indices: list[int], pad_multiple: int = 8
+    src_ids: list[list[int]], tgt_ids: list[list[int]], indices: list[int], pad_multiple: int
 ) -> Batch:
     """Pad one batch of id lists into a `Batch` (appends EOS to sources, BOS/EOS to targets)."""
     num = len(src_ids)
@@ -138,9 +146,21 @@ def collate(
 
 
 def iterate_batches(
-    split: datasets.Dataset, batches: list[list[int]], pad_multiple: int = 8
+    split: datasets.Dataset, batches: list[list[int]], pad_multiple: int
 ) -> Iterator[Batch]:
     """Fetch each planned batch's rows from the Arrow split and collate it (on the CPU)."""
     for indices in batches:
         rows = split[indices]
         yield collate(rows["src_ids"], rows["tgt_ids"], indices, pad_multiple)
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items, the last one shorter if `items` runs out first.
+
+    Lazy, so a stream (stdin, a generator of batches) is consumed one chunk at a time: the
+    translator sorts each chunk of lines by length, the trainer groups batches to accumulate.
+    """
+    assert size >= 1, size
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from nmt.data.batching import collate, padded_len, padding_stats, plan_batches, shard
+from nmt.data.batching import chunks, collate, padded_len, padding_stats, plan_batches, shard
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -20,7 +20,7 @@ def random_lengths(num: int, seed: int = 0) -> tuple[list[int], list[int]]:
 @pytest.mark.parametrize("max_tokens", [128, 1000, 4096])
 def test_budget_is_never_exceeded_and_every_row_is_used(max_tokens: int):
     src, tgt = random_lengths(2000)
-    batches = plan_batches(src, tgt, max_tokens, seed=1, epoch=0)
+    batches = plan_batches(src, tgt, max_tokens, 8, seed=1, epoch=0)
     for batch in batches:
         padded_src = padded_len(max(src[i] for i in batch) + 1, 8)
         padded_tgt = padded_len(max(tgt[i] for i in batch) + 1, 8)
@@ -34,35 +34,35 @@ def test_budget_is_never_exceeded_and_every_row_is_used(max_tokens: int):
     assert used == fits
     # a collated batch has exactly the padded sizes the plan counted
     batch = batches[0]
-    collated = collate([[5] * src[i] for i in batch], [[6] * tgt[i] for i in batch], batch)
+    collated = collate([[5] * src[i] for i in batch], [[6] * tgt[i] for i in batch], batch, 8)
     assert collated.src.numel() + collated.tgt_in.numel() <= max_tokens
 
 
 def test_plan_is_a_function_of_seed_and_epoch():
     src, tgt = random_lengths(500)
-    assert plan_batches(src, tgt, 512, seed=3, epoch=2) == plan_batches(
-        src, tgt, 512, seed=3, epoch=2
+    assert plan_batches(src, tgt, 512, 8, seed=3, epoch=2) == plan_batches(
+        src, tgt, 512, 8, seed=3, epoch=2
     )
-    assert plan_batches(src, tgt, 512, seed=3, epoch=2) != plan_batches(
-        src, tgt, 512, seed=3, epoch=3
+    assert plan_batches(src, tgt, 512, 8, seed=3, epoch=2) != plan_batches(
+        src, tgt, 512, 8, seed=3, epoch=3
     )
-    fixed = plan_batches(src, tgt, 512)
+    fixed = plan_batches(src, tgt, 512, 8)
     assert [i for b in fixed for i in b] == sorted(range(500), key=lambda i: (src[i], tgt[i], 0.0))
 
 
 def test_sorting_keeps_padding_low():
     src, tgt = random_lengths(2000)
-    sorted_plan = plan_batches(src, tgt, 2048, seed=0)
-    stats = padding_stats(sorted_plan, src, tgt)
+    sorted_plan = plan_batches(src, tgt, 2048, 8, seed=0)
+    stats = padding_stats(sorted_plan, src, tgt, 8)
     rng = random.Random(0)
     shuffled = list(range(2000))
     rng.shuffle(shuffled)
     naive = [shuffled[i : i + len(sorted_plan[0])] for i in range(0, 2000, len(sorted_plan[0]))]
-    assert stats["padding"] < 0.5 * padding_stats(naive, src, tgt)["padding"]
+    assert stats["padding"] < 0.5 * padding_stats(naive, src, tgt, 8)["padding"]
 
 
 def test_shards_are_disjoint_and_equal():
-    batches = plan_batches(*random_lengths(1000), 600, seed=0)
+    batches = plan_batches(*random_lengths(1000), 600, 8, seed=0)
     shards = [shard(batches, rank, 3) for rank in range(3)]
     assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(batches) // 3
     flat = [tuple(b) for s in shards for b in s]
@@ -81,5 +81,19 @@ def test_collate_adds_specials_and_pads():
 
 def test_max_sentences_caps_batches():
     src, tgt = random_lengths(300)
-    batches = plan_batches(src, tgt, 100_000, max_sentences=7)
+    batches = plan_batches(src, tgt, 100_000, 8, max_sentences=7)
     assert max(len(b) for b in batches) == 7 and sum(len(b) for b in batches) == 300
+
+
+def test_chunks_cut_a_stream_lazily_and_keep_the_tail():
+    assert list(chunks(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(chunks([], 3)) == [] and list(chunks("ab", 5)) == [["a", "b"]]
+    consumed = []
+
+    def stream():
+        for i in range(10):
+            consumed.append(i)
+            yield i
+
+    first = next(chunks(stream(), 4))
+    assert first == [0, 1, 2, 3] and consumed == [0, 1, 2, 3]  # no more read than one chunk

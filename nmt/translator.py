@@ -1,0 +1,201 @@
+"""A checkpoint ready to translate: its model, tokenizers and settings, the search settings it
+decodes with (its own, with only the keys a user typed replaced), and input cleaning with counts.
+
+The commands in `nmt.translate` and the scripts build on this; nothing here reads or writes files
+other than the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf.errors import OmegaConfBaseException
+
+from nmt.checkpoint import BEST_NAME, latest_checkpoint, load_checkpoint
+from nmt.config import Config, DecodeConfig, from_dict
+from nmt.data.batching import chunks
+from nmt.data.clean import has_control_chars, normalize
+from nmt.device import resolve_device, resolve_precision
+from nmt.errors import UserError
+from nmt.models import build_model
+from nmt.models.base import Seq2Seq
+from nmt.search import Hypothesis, search_in_order
+from nmt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+# Sections of a saved config that describe the command that trained, not the model: the
+# checkpoint is no authority on them (and older checkpoints hold keys since moved).
+_COMMAND_SECTIONS = ("translate", "evaluate")
+
+
+@dataclasses.dataclass
+class InputReport:
+    """What had to be done to the input, logged once at the end rather than once a line."""
+
+    num_lines: int = 0
+    empty: int = 0  # empty or whitespace-only after cleaning: translated as an empty line
+    truncated: int = 0  # longer than `Translator.max_src_len`
+    bad_bytes: int = 0  # lines with undecodable bytes, replaced by U+FFFD
+    control_chars: int = 0  # lines with control characters, removed
+
+    def log_summary(self, max_src_len: int) -> None:
+        log.info("translated %d lines (%d empty)", self.num_lines, self.empty)
+        if self.truncated:
+            log.warning("%d lines were longer than %d subwords (what the model's max_positions "
+                        "and translate.max_tokens allow) and were truncated",
+                        self.truncated, max_src_len)  # fmt: skip
+        if self.bad_bytes:
+            log.warning("%d lines had undecodable bytes, replaced by U+FFFD", self.bad_bytes)
+        if self.control_chars:
+            log.warning("%d lines had control characters, removed", self.control_chars)
+
+
+def resolve_decode(
+    saved: DecodeConfig, overrides: Mapping[str, Any]
+) -> tuple[DecodeConfig, dict[str, str]]:
+    """The checkpoint's search settings `saved` with the typed `overrides` (key -> value) applied,
+    and where each setting came from ("checkpoint" or "command line").
+
+    The settings a run was tuned with (a length penalty chosen on val, say) must survive to
+    inference unless the user asks otherwise; a default of the command line is not asking.
+    """
+    decode = dataclasses.replace(saved, **overrides)
+    origins = {
+        f.name: "command line" if f.name in overrides else "checkpoint"
+        for f in dataclasses.fields(DecodeConfig)
+    }
+    if decode.nbest > decode.beam_size:  # only the merged settings can be checked
+        raise UserError(
+            f"decode.nbest={decode.nbest} ({origins['nbest']}) exceeds decode.beam_size="
+            f"{decode.beam_size} ({origins['beam_size']}): type a larger decode.beam_size"
+        )
+    return decode, origins
+
+
+def describe_search(decode: DecodeConfig, origins: Mapping[str, str]) -> str:
+    """One line saying how the output is searched and where each setting came from."""
+    length_origin = "command line" if "command line" in (
+        origins["max_len_a"], origins["max_len_b"]) else "checkpoint"  # fmt: skip
+    parts = [
+        f"greedy ({origins['beam_size']})"
+        if decode.beam_size == 1
+        else f"beam {decode.beam_size} ({origins['beam_size']})",
+        f"length penalty {decode.length_penalty:g} ({origins['length_penalty']})",
+        f"max length {decode.max_len_a:g}·src+{decode.max_len_b} ({length_origin})",
+    ]
+    if decode.nbest > 1:
+        parts.append(f"{decode.nbest}-best ({origins['nbest']})")
+    return "search: " + ", ".join(parts)
+
+
+def checkpoint_file(ckpt: str | Path) -> Path:
+    """The file a checkpoint setting names: itself, or a run directory's best.pt (else its
+    latest step checkpoint), as `load_checkpoint` reads it; a run directory with neither is
+    returned as it is, for `load_checkpoint` to refuse."""
+    path = Path(ckpt)
+    if path.is_dir():
+        found = path / BEST_NAME if (path / BEST_NAME).is_file() else latest_checkpoint(path)
+        return found or path
+    return path
+
+
+@dataclasses.dataclass
+class Translator:
+    """A model rebuilt from a checkpoint alone, with its tokenizers and the config it trained
+    with; counts what cleaning had to do to the lines it translates (`report`)."""
+
+    model: Seq2Seq
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    ckpt_cfg: Config  # the checkpoint's own configuration (command sections dropped)
+    path: Path  # the checkpoint file read
+    step: int  # the optimiser step it was saved at
+    device: torch.device
+    precision: torch.dtype
+    report: InputReport = dataclasses.field(default_factory=InputReport)
+
+    @classmethod
+    def load(cls, ckpt: str | Path, *, device: str, precision: str) -> Translator:
+        """Rebuild the model from a checkpoint file or run directory (its config and
+        SentencePiece models); `device`/`precision` are `translate.*` settings."""
+        torch_device = resolve_device(device, key="translate.device")
+        dtype = resolve_precision(precision, torch_device, key="translate.precision")
+        path = checkpoint_file(ckpt)
+        state = load_checkpoint(path, map_location="cpu")
+        saved = {k: v for k, v in state["config"].items() if k not in _COMMAND_SECTIONS}
+        try:
+            cfg = from_dict(saved)
+        except OmegaConfBaseException as error:
+            raise UserError(
+                f"checkpoint {path} holds a config this version of nmt does not read "
+                f"({str(error).splitlines()[0]}): it was written by another version"
+            ) from None
+        src_tokenizer, tgt_tokenizer = Tokenizer(state["src_spm"]), Tokenizer(state["tgt_spm"])
+        model = build_model(cfg.model, src_tokenizer.vocab_size, tgt_tokenizer.vocab_size)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise UserError(
+                f"checkpoint {path} does not match the model its config describes "
+                f"({str(error).splitlines()[0]}): it was written by another version of nmt"
+            ) from None
+        model.to(torch_device).eval()
+        step = state["progress"]["step"]
+        log.info("checkpoint: %s (step %d)", path, step)
+        return cls(model, src_tokenizer, tgt_tokenizer, cfg, path, step, torch_device, dtype)
+
+    def max_src_len(self, decode: DecodeConfig, max_tokens: int) -> int:
+        """Longest source (subwords, EOS excluded) the model reads and answers within its
+        `max_positions` (the longest output, a·S + b, must fit too), and that fits a search
+        batch of `max_tokens` with its EOS and the empty target's one slot."""
+        limit = self.ckpt_cfg.model.max_positions - 1
+        by_output = int((limit - decode.max_len_b) / max(decode.max_len_a, 1e-9))
+        return max(1, min(limit - 1, by_output, max_tokens - 2))
+
+    def encode(self, texts: list[str], decode: DecodeConfig, max_tokens: int) -> list[list[int]]:
+        """Subword ids of cleaned texts, truncated to `max_src_len` (and counted if they were)."""
+        limit = self.max_src_len(decode, max_tokens)
+        ids = self.src_tokenizer.encode(texts)
+        self.report.truncated += sum(len(x) > limit for x in ids)
+        return [x[:limit] for x in ids]
+
+    def translate(
+        self,
+        lines: Iterable[str],
+        decode: DecodeConfig,
+        *,
+        max_tokens: int,
+        chunk_lines: int,
+        need_attention: bool = False,
+    ) -> Iterator[tuple[str, list[Hypothesis], list[int]]]:
+        """(cleaned source, n-best list, source ids) per input line, in input order.
+
+        Lines are read `chunk_lines` at a time, so a stream of any length is translated in
+        bounded memory, while each chunk is long enough to sort into well-filled batches.
+        """
+        for chunk in chunks(lines, chunk_lines):
+            texts = [self._clean(line) for line in chunk]
+            src_ids = self.encode(texts, decode, max_tokens)
+            found = search_in_order(self.model, src_ids, decode, device=self.device,
+                                    precision=self.precision, max_tokens=max_tokens,
+                                    need_attention=need_attention)  # fmt: skip
+            yield from zip(texts, found, src_ids)
+
+    def _clean(self, line: str) -> str:
+        """Normalize as training's data was (Unicode form, control characters, whitespace)."""
+        self.report.num_lines += 1
+        if has_control_chars(line):
+            self.report.control_chars += 1
+        text = normalize(line, self.ckpt_cfg.data.clean.normalization)
+        self.report.empty += not text
+        return text
+
+    def detokenize(self, hypothesis: Hypothesis) -> str:
+        """Detokenized text of one hypothesis, on one line whatever the vocabulary holds."""
+        return " ".join(self.tgt_tokenizer.decode([hypothesis.tokens])[0].split())
