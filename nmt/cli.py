@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nmt.errors import UserError
+from nmt.errors import Interrupted, UserError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -55,6 +55,9 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
+    except Interrupted as error:
+        print(f"nmt: {error}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except UserError as error:
         print(f"nmt: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -198,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"nmt: error: unknown command '{name}'\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     command, fixed_overrides = COMMANDS[name]
+    if name == "train":
+        with user_errors():
+            check_run_dir(overrides)
     sys.argv = [f"nmt {name}", *fixed_overrides, *overrides]
     with quiet_exits():  # Ctrl-C while importing Hydra or composing the config
         import hydra
@@ -207,6 +213,19 @@ def main(argv: list[str] | None = None) -> None:
         # An absolute path: Hydra would read "../configs" as a module.
         compose = hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="config")
         compose(_guarded(command))()
+
+
+def check_run_dir(overrides: list[str]) -> None:
+    """Hydra creates the run directory before any nmt code runs, and reports a failure with a
+    traceback: check first that it can be created (`hydra.run.dir`, default under runs/)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    target = Path(given[-1] if given else "runs")
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(
+            f"cannot create the run directory {target}: {existing} is not a writable "
+            "directory; choose another hydra.run.dir"
+        )
 
 
 def _guarded(command: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:

@@ -99,7 +99,7 @@ RULES: list[tuple[str, Check, str]] = [
     ("decode.beam_size", at_least(1), ""),
     ("decode.length_penalty", at_least(0), ""),
     ("decode.max_len_a", at_least(0), ""),
-    ("decode.batch_size", at_least(1), ""),
+    ("decode.max_sentences", at_least(1), ""),
     ("translate.max_tokens", at_least(1), ""),
     ("translate.chunk_lines", at_least(1), ""),
 ]

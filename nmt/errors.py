@@ -7,3 +7,8 @@ class UserError(ValueError):
     Entry points catch it and print `nmt: error: <message>` without a traceback. Invariants of
     the code itself stay `assert`s or ordinary exceptions, which do show a traceback.
     """
+
+
+class Interrupted(UserError):
+    """Stopped by Ctrl-C or SIGTERM; the message says what was saved and how to resume. The
+    command exits with 130, as a shell reports a process stopped by Ctrl-C."""

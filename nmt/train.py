@@ -24,7 +24,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from nmt import faults
@@ -35,11 +34,11 @@ from nmt.checkpoint import (
 )
 from nmt.config import Config, check_config
 from nmt.data import PreparedData, format_stats, prepare
-from nmt.data.batching import Batch, column, iterate_batches
+from nmt.data.batching import Batch, chunks, column, iterate_batches
 from nmt.device import autocast, load_rng_state, resolve_precision, rng_state
 from nmt.distributed import Distributed
-from nmt.errors import UserError
-from nmt.evaluate import ValidationResult, validate
+from nmt.errors import Interrupted, UserError
+from nmt.evaluate import ValidationResult, cross_entropy_sum, validate
 from nmt.models import build_model, model_summary
 from nmt.models.base import Seq2Seq
 from nmt.optim import Schedule, divergence_advice, make_optimizer
@@ -47,7 +46,6 @@ from nmt.progress import Progress, budget_used, epoch_plan, over_limit, total_st
 from nmt.run_dir import RunDir
 from nmt.signals import StopRequest
 from nmt.tracking import Tracker
-from nmt.vocab import PAD_ID
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +85,7 @@ def train(cfg: Config, run_dir: Path) -> Progress:
         try:
             loop(run)
         except KeyboardInterrupt:  # a second Ctrl-C outside a checkpoint write
-            raise UserError(
+            raise Interrupted(
                 f"stopped at once, without saving: run the same command with "
                 f"hydra.run.dir={run_dir} to resume from {latest_checkpoint(run_dir) or 'scratch'}"
             ) from None
@@ -151,7 +149,7 @@ def loop(run: Run) -> None:
                           run.dist.world_size)  # fmt: skip
         usable = len(plan)
         batches = iterate_batches(split, plan[progress.epoch_batches_done :], cfg.pad_multiple)
-        for group in _groups(batches, cfg.accumulate):
+        for group in chunks(batches, cfg.accumulate):
             stepped = train_step(run, group)
             progress.epoch_batches_done += len(group)
             end_of_epoch = progress.epoch_batches_done == usable
@@ -219,9 +217,8 @@ def _forward_backward(run: Run, batch: Batch, num_tokens: int) -> torch.Tensor:
     try:
         with autocast(run.dist.device, run.precision):
             logits = run.wrapped(batch.src, batch.src_mask, batch.tgt_in).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(),
-                               ignore_index=PAD_ID, label_smoothing=run.cfg.train.label_smoothing,
-                               reduction="sum")  # fmt: skip
+        loss = cross_entropy_sum(logits, batch.tgt_out,
+                                 label_smoothing=run.cfg.train.label_smoothing)  # fmt: skip
         run.scaler.scale(loss / num_tokens).backward()
     except torch.OutOfMemoryError:
         raise UserError(
@@ -314,7 +311,7 @@ def save_and_stop(run: Run) -> None:
     if run.dist.is_main:
         with run.stop.deferred():
             save(run, best=False)
-    raise UserError(
+    raise Interrupted(
         f"interrupted at step {run.progress.step}, checkpoint saved: run the same command with "
         f"hydra.run.dir={run.run_dir.path} to resume"
     )
@@ -355,12 +352,3 @@ def load_state_dict(run: Run, state: dict) -> None:
 def _stateful_parts(run: Run) -> dict:
     return {"model": run.model, "optimizer": run.optimizer, "schedule": run.schedule,
             "scaler": run.scaler, "progress": run.progress, "stats": run.tracker}  # fmt: skip
-
-
-def _groups(batches, size: int):
-    group: list[Batch] = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == size:
-            yield group
-            group = []

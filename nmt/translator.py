@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.checkpoint import BEST_NAME, latest_checkpoint, load_checkpoint
+from nmt.checkpoint import checkpoint_file, load_checkpoint
 from nmt.config import Config, DecodeConfig, from_dict
 from nmt.data.batching import chunks
 from nmt.data.clean import has_control_chars, normalize
@@ -92,17 +92,6 @@ def describe_search(decode: DecodeConfig, origins: Mapping[str, str]) -> str:
     if decode.nbest > 1:
         parts.append(f"{decode.nbest}-best ({origins['nbest']})")
     return "search: " + ", ".join(parts)
-
-
-def checkpoint_file(ckpt: str | Path) -> Path:
-    """The file a checkpoint setting names: itself, or a run directory's best.pt (else its
-    latest step checkpoint), as `load_checkpoint` reads it; a run directory with neither is
-    returned as it is, for `load_checkpoint` to refuse."""
-    path = Path(ckpt)
-    if path.is_dir():
-        found = path / BEST_NAME if (path / BEST_NAME).is_file() else latest_checkpoint(path)
-        return found or path
-    return path
 
 
 @dataclasses.dataclass

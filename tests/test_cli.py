@@ -124,3 +124,13 @@ def test_no_command_writes_a_hydra_folder():
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose("config", return_hydra_config=True)
     assert cfg.hydra.output_subdir is None
+
+
+def test_a_run_directory_that_cannot_be_created_is_one_line_before_anything_runs(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    done = run_nmt("train", f"hydra.run.dir={tmp_path / 'file' / 'run'}")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"nmt: error: cannot create the run directory {tmp_path}/file/run: {tmp_path}/file is "
+        "not a writable directory; choose another hydra.run.dir"
+    )

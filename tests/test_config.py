@@ -176,7 +176,7 @@ OUT_OF_RANGE = [
     ("decode.nbest=0", "decode.nbest=0 is out of range"),
     ("decode.length_penalty=-1", "decode.length_penalty=-1.0 is out of range"),
     ("decode.max_len_a=-0.5", "decode.max_len_a=-0.5 is out of range"),
-    ("decode.batch_size=0", "decode.batch_size=0 is out of range"),
+    ("decode.max_sentences=0", "decode.max_sentences=0 is out of range"),
     (
         "train.device=gpu",
         "train.device=gpu is not a choice: set train.device to one of auto, cpu, cuda",

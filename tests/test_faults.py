@@ -106,7 +106,7 @@ def test_a_chain_of_kills_and_interrupts_resumes_bit_exactly(tmp_path: Path, cor
     interrupted_validation = start(arch, corpus, run_dir, "validation:1")  # at step 4
     signal_when_paused(interrupted_validation, run_dir, "validation", signal.SIGINT)
     code, stderr = finish(interrupted_validation)
-    assert code == 2 and "interrupted at step 4, checkpoint saved" in stderr, stderr
+    assert code == 130 and "interrupted at step 4, checkpoint saved" in stderr, stderr
     assert "Traceback" not in stderr
     assert load_checkpoint(run_dir / "step_4.pt")["progress"]["validation_pending"]
 
@@ -122,7 +122,7 @@ def test_a_chain_of_kills_and_interrupts_resumes_bit_exactly(tmp_path: Path, cor
     signal_when_paused(twice, run_dir, "step", signal.SIGINT)
     signal_when_paused(twice, run_dir, "checkpoint-write", signal.SIGINT)
     code, stderr = finish(twice)
-    assert code == 2 and "interrupted at step 6, checkpoint saved" in stderr, stderr
+    assert code == 130 and "interrupted at step 6, checkpoint saved" in stderr, stderr
     assert not list(run_dir.glob(".*.tmp-*")), "the partial file was removed at start"
 
     code, stderr = finish(start(arch, corpus, run_dir))
