@@ -56,12 +56,14 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as error:
-        if not _disk_full(error):
-            raise
-        raise UserError(
-            f"no space left on device while writing {path}: free some space (or lower "
-            f"train.keep_last) and resume; {_intact(path)}"
-        ) from None
+        if _disk_full(error):
+            raise UserError(
+                f"no space left on device while writing {path}: free some space (or lower "
+                f"train.keep_last) and resume; {_intact(path)}"
+            ) from None
+        if isinstance(error, OSError):  # the folder vanished, became read-only, ...
+            raise UserError(f"cannot write {path} ({error.strerror}): {_intact(path)}") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -83,6 +85,8 @@ def _disk_full(error: BaseException) -> bool:
 
 
 def _intact(path: Path) -> str:
+    if not path.parent.is_dir():
+        return "its folder is gone"
     if path.exists():
         return f"the previous {path.name} is intact"
     previous = latest_checkpoint(path.parent)

@@ -11,12 +11,13 @@ import dataclasses
 import difflib
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nmt.errors import UserError
 
-if TYPE_CHECKING:
-    from nmt.config import Config
+# `cfg` below is an `nmt.config.Config`; this module sits under `nmt.config`, which calls it
+# from `to_config`, so it reads settings by their dotted keys instead of importing the schema.
+ConfigLike = Any
 
 # The values every string-valued choice accepts; the modules that act on them may import these.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -105,7 +106,7 @@ RULES: list[tuple[str, Check, str]] = [
 ]
 
 
-def check_config(cfg: Config) -> None:
+def check_config(cfg: ConfigLike) -> None:
     """Raise a one-line `UserError` for the first setting that is out of range."""
     for key, (passes, requirement), null_means in RULES:
         value = _get(cfg, key)
@@ -118,7 +119,7 @@ def check_config(cfg: Config) -> None:
     _check_combinations(cfg)
 
 
-def _check_combinations(cfg: Config) -> None:
+def _check_combinations(cfg: ConfigLike) -> None:
     """Settings that are each fine but do not go together."""
     decode, model = cfg.decode, cfg.model
     if not 1 <= decode.nbest <= decode.beam_size:

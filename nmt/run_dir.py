@@ -113,6 +113,8 @@ class RunDir:
     def save(self, state: dict[str, Any], step: int, *, best: bool, keep_last: int) -> Path:
         """Write `step_<step>.pt`, make it `best.pt` if `best` (after the step file: a crash
         between the two leaves a best.pt that `tidy` repairs), keep the last `keep_last`."""
+        if not self.path.is_dir():  # deleted mid-run: do not quietly make a new one
+            raise UserError(f"the run directory {self.path} vanished: step {step} not saved")
         path = self.path / f"step_{step}.pt"
         save_checkpoint(state, path)
         if best:

@@ -138,3 +138,18 @@ def test_best_is_a_link_to_the_best_step_and_a_stale_one_is_found_and_repaired(t
     prune_checkpoints(tmp_path, keep_last=1)
     (tmp_path / "step_2.pt").unlink()  # best.pt keeps its own link to the data
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 2
+
+
+def test_a_run_directory_that_vanished_is_one_line(tmp_path: Path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    real_open = open
+
+    def remove_the_folder_first(path, *args, **kwargs):  # another process deleted it
+        run_dir.rmdir()
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", remove_the_folder_first)
+    with pytest.raises(UserError, match=r"cannot write .*step_1\.pt \(No such file or directory\)"
+                                        r": its folder is gone"):  # fmt: skip
+        save_checkpoint(state(1.0, 1), run_dir / "step_1.pt")
