@@ -79,6 +79,7 @@ class Tracker:
     ) -> None:
         self.cfg, self.summary = cfg, summary
         self.stats = TrainStats()
+        # Other ranks keep no writer: one event file, one console, however many processes.
         self.writer = self.console = None
         if enabled:
             # Steps after the checkpoint (all of them on a fresh start) are redone: drop them.
@@ -110,6 +111,7 @@ class Tracker:
         self.stats = TrainStats()
 
     def state_dict(self) -> dict[str, float]:
+        """The statistics window (see the class docstring)."""
         return self.stats.state_dict()
 
     def load_state_dict(self, state: dict[str, float]) -> None:
@@ -145,7 +147,11 @@ class Tracker:
             self._heatmaps(step, index, model, data, split[index], result.hypotheses[index], device)
 
     def _heatmaps(self, step, index, model, data, row, hypothesis: str, device) -> None:
-        """Per decoder layer the head-averaged map; the last layer's heads as a grid."""
+        """Per decoder layer the head-averaged map; the last layer's heads as a grid.
+
+        The model reads its own hypothesis by teacher forcing (`attention_maps`), which gives
+        every layer and head at once and the same weights the search saw.
+        """
         hyp_ids = data.tgt_tokenizer.encode([hypothesis])[0]
         layers = attention_maps(model, row["src_ids"], hyp_ids, device)
         src_labels = [*data.src_tokenizer.pieces(row["src_ids"]), "</s>"]
@@ -163,6 +169,8 @@ class Tracker:
             )
 
     def close(self, best_bleu: float, best_step: int, final_step: int) -> None:
+        """Record the run's settings against its best BLEU in TensorBoard's hparams panel, so
+        runs of a sweep can be compared side by side."""
         if not self.writer:
             return
         self.console.close()
@@ -219,7 +227,7 @@ class ConsoleProgress:
         fields = {"loss": f"{loss:.3f}", "tok/s": f"{tokens_per_s:,.0f}", "lr": f"{lr:.2e}"}
         if left is not None:
             fields["left"] = _minutes(left)
-        if self.bar is not None:
+        if self.bar is not None:  # refresh=False: tqdm redraws at most once a second anyway
             self.bar.set_postfix(fields, refresh=False)
             self.bar.update(step - self.bar.n)
         elif time.perf_counter() - self.last_line >= self.interval:

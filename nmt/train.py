@@ -148,12 +148,14 @@ def loop(run: Run) -> None:
         plan = epoch_plan(cfg, src_lens, tgt_lens, progress.epoch, run.dist.rank,
                           run.dist.world_size)  # fmt: skip
         usable = len(plan)
+        # The plan is a pure function of (seed, epoch): skipping the batches done resumes at
+        # exactly the next one.
         batches = iterate_batches(split, plan[progress.epoch_batches_done :], cfg.pad_multiple)
         for group in chunks(batches, cfg.accumulate):
             stepped = train_step(run, group)
             progress.epoch_batches_done += len(group)
             end_of_epoch = progress.epoch_batches_done == usable
-            if end_of_epoch:
+            if end_of_epoch:  # before after_step, so a checkpoint here resumes in the next epoch
                 progress.epoch, progress.epoch_batches_done = progress.epoch + 1, 0
             if stop := after_step(run, stepped=stepped, end_of_epoch=end_of_epoch):
                 break
@@ -174,6 +176,7 @@ def after_step(run: Run, *, stepped: bool, end_of_epoch: bool) -> bool:
     due = 0 < progress.step != progress.last_validated and (
         finished or end_of_epoch or progress.step % cfg.validate_every == 0
     )
+    # Agreed by all ranks, so that every process stops after the same step.
     if run.dist.any_rank(run.stop.requested):
         progress.validation_pending = due
         save_and_stop(run)
@@ -184,6 +187,8 @@ def train_step(run: Run, group: list[Batch]) -> bool:
     """One optimiser step over `group` (gradient accumulation), reported to the tracker.
     Returns False if the loss was not finite and the step was skipped."""
     cfg, progress = run.cfg.train, run.progress
+    # The rate comes from the schedule each step, not from optimiser state: a resumed run
+    # given a new train.lr uses it at once.
     lr = run.schedule.lr(progress.step)
     for param_group in run.optimizer.param_groups:
         param_group["lr"] = lr
@@ -195,7 +200,7 @@ def train_step(run: Run, group: list[Batch]) -> bool:
         last = index == len(batches) - 1
         with nullcontext() if last or run.dist.world_size == 1 else run.wrapped.no_sync():
             total += _forward_backward(run, batch, num_tokens)
-    faults.pause_point("step")
+    faults.pause_point("step")  # mid-step: gradients computed, parameters not yet updated
     if not torch.isfinite(total):
         _skip_step(run)
         return False
@@ -206,6 +211,7 @@ def train_step(run: Run, group: list[Batch]) -> bool:
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     run.nonfinite, progress.step = 0, progress.step + 1
+    # float(total) waits for the step to finish: the console and TensorBoard see real numbers.
     elapsed = time.perf_counter() - run.clock_start
     run.tracker.step(progress.step, elapsed, float(total) / num_tokens,
                      num_tokens * run.dist.world_size, grad_norm, lr)  # fmt: skip
@@ -242,6 +248,7 @@ def _skip_step(run: Run) -> None:
 
 
 def _divergence(run: Run, what: str) -> str:
+    """`what` happened at the coming step, the advice for this run, and where to resume."""
     resume_from = latest_checkpoint(run.run_dir.path)
     return f"{what} at step {run.progress.step + 1}: " + divergence_advice(
         run.cfg.train, fp32=run.precision == torch.float32, resume_from=resume_from
