@@ -12,7 +12,14 @@ from torch import Tensor, nn
 
 from nmt.config import ModelConfig
 from nmt.errors import UserError
-from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
+from nmt.models.base import (
+    DecoderOutput,
+    Memory,
+    Seq2Seq,
+    State,
+    embeddings,
+    output_layer,
+)
 from nmt.vocab import PAD_ID
 
 
@@ -256,27 +263,16 @@ class Transformer(Seq2Seq):
                 f"model.hidden_size={cfg.hidden_size} is not divisible by "
                 f"model.num_heads={cfg.num_heads}"
             )
-        if cfg.tie_embeddings and src_vocab_size != tgt_vocab_size:
-            raise UserError(
-                f"model.tie_embeddings=true needs a joint vocabulary, but the source has "
-                f"{src_vocab_size} tokens and the target {tgt_vocab_size}: set "
-                "model.tie_embeddings=false or train a joint tokenizer (data.spm.joint=true)"
-            )
         self.cfg = cfg
         self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
         d = cfg.hidden_size
         self.embed_scale = math.sqrt(d)
-        self.src_embed = nn.Embedding(src_vocab_size, d, padding_idx=PAD_ID)
-        self.tgt_embed = (
-            self.src_embed
-            if cfg.tie_embeddings
-            else nn.Embedding(tgt_vocab_size, d, padding_idx=PAD_ID)
+        self.src_embed, self.tgt_embed = embeddings(
+            src_vocab_size, tgt_vocab_size, d, tie=cfg.tie_embeddings
         )
         self.encoder = TransformerEncoder(cfg)
         self.decoder = TransformerDecoder(cfg)
-        self.output = nn.Linear(d, tgt_vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.output.weight = self.tgt_embed.weight
+        self.output = output_layer(self.tgt_embed, tie=cfg.tie_embeddings)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
