@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,6 +47,21 @@ def test_tied_embeddings_need_a_joint_vocabulary(arch: str) -> None:
     assert model.src_embed.weight is model.tgt_embed.weight is model.output.weight
     untied = build_model(replace(TINY, arch=arch, tie_embeddings=False), 40, 41)
     assert untied.output.weight.shape[0] == 41
+
+
+def test_transformer_checkpoints_from_before_residual_modules_still_load() -> None:
+    """A layer's sublayer norms were `norms.{i}` before `Residual` held them (`residuals.{i}.norm`);
+    state dicts of either layout load, strictly, into the same parameters."""
+    cfg = replace(TINY, arch="transformer", norm_first=False)
+    torch.manual_seed(0)
+    saved = build_model(cfg, 40, 40).state_dict()
+    legacy = {re.sub(r"residuals\.(\d+)\.norm\.", r"norms.\1.", k): v for k, v in saved.items()}
+    assert "decoder.layers.1.norms.2.bias" in legacy
+    torch.manual_seed(1)
+    model = build_model(cfg, 40, 40)
+    model.load_state_dict(legacy)
+    assert model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items())
 
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda path: path.stem)
