@@ -33,11 +33,11 @@ TINY_MODEL_CONFIG = ModelConfig(
 )
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def one_thread() -> Iterator[None]:
-    """Every test runs on one intra-op thread (restored afterwards): the tests' tensors are tiny,
-    so more threads only add synchronisation, and on a busy shared CPU spinning OpenMP threads
-    turn a 3 ms forward pass into 400 ms."""
+    """Every test, and every fixture of any scope, runs on one intra-op thread (restored at the
+    end): the tests' tensors are tiny, so more threads only add synchronisation, and on a busy
+    shared CPU spinning OpenMP threads turn a 3 ms forward pass into 400 ms."""
     num_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

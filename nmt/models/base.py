@@ -39,7 +39,9 @@ class DecoderOutput:
     state: State  # cache to pass back to continue decoding after these T positions
     # (B, T, S) attention over source positions, only when asked for (need_attention=True):
     # the RNN's Bahdanau alignment; the Transformer's last-layer cross-attention averaged
-    # over heads. Each row sums to 1 over real source positions; padding gets exactly 0.
+    # over heads, the layer that aligns with the word being written (the first looks up
+    # words already written; tests/models/test_reversal.py). Each row sums to 1 over real
+    # source positions; padding gets exactly 0.
     attn: Tensor | None = None
     # Per decoder layer, (B, N, T, S) cross-attention per head (the RNN has one layer, one head).
     layer_attn: tuple[Tensor, ...] | None = None
