@@ -171,6 +171,8 @@ class Residual(nn.Module):
 def _load_legacy_norms(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
     """Checkpoints written before `Residual` kept each layer's sublayer norms in `norms.{i}`:
     load them into `residuals.{i}.norm` (the parameters, their order and values are the same).
+    A load_state_dict pre-hook (public as `register_load_state_dict_pre_hook` only from torch
+    2.5; nmt supports 2.4).
     """
     for key in [key for key in state_dict if key.startswith(prefix + "norms.")]:
         index, name = key.removeprefix(prefix + "norms.").split(".", 1)
@@ -190,7 +192,7 @@ class EncoderLayer(nn.Module):
         self.residuals = nn.ModuleList(Residual(cfg) for _ in range(2))
         self.ffn = feed_forward(cfg)
         self.self_attn = MultiHeadAttention(cfg.hidden_size, cfg.num_heads, cfg.attention_dropout)
-        self.register_load_state_dict_pre_hook(_load_legacy_norms)
+        self._register_load_state_dict_pre_hook(_load_legacy_norms, with_module=True)
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         """x (B, S, D), key_mask (B, 1, 1, S) -> (B, S, D)."""
@@ -209,7 +211,7 @@ class DecoderLayer(nn.Module):
         self.ffn = feed_forward(cfg)
         self.self_attn = MultiHeadAttention(cfg.hidden_size, cfg.num_heads, cfg.attention_dropout)
         self.cross_attn = MultiHeadAttention(cfg.hidden_size, cfg.num_heads, cfg.attention_dropout)
-        self.register_load_state_dict_pre_hook(_load_legacy_norms)
+        self._register_load_state_dict_pre_hook(_load_legacy_norms, with_module=True)
 
     def forward(
         self,
