@@ -16,6 +16,9 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
+from nmt.errors import UserError
+from nmt.vocab import PAD_ID
+
 # Decoder cache: every tensor batch-first (dim 0 = B), opaque to search.
 State = dict[str, Tensor]
 
@@ -36,7 +39,9 @@ class DecoderOutput:
     state: State  # cache to pass back to continue decoding after these T positions
     # (B, T, S) attention over source positions, only when asked for (need_attention=True):
     # the RNN's Bahdanau alignment; the Transformer's last-layer cross-attention averaged
-    # over heads. Each row sums to 1 over real source positions; padding gets exactly 0.
+    # over heads, the layer that aligns with the word being written (the first looks up
+    # words already written; tests/models/test_reversal.py). Each row sums to 1 over real
+    # source positions; padding gets exactly 0.
     attn: Tensor | None = None
     # Per decoder layer, (B, N, T, S) cross-attention per head (the RNN has one layer, one head).
     layer_attn: tuple[Tensor, ...] | None = None
@@ -77,6 +82,35 @@ class Seq2Seq(nn.Module, ABC):
         only (2 FLOPs per multiply-add; backward = 2 x forward), as `model_summary` reports.
         """
         raise NotImplementedError(f"{type(self).__name__} does not estimate its FLOPs")
+
+
+def embeddings(
+    src_vocab_size: int, tgt_vocab_size: int, size: int, *, tie: bool
+) -> tuple[nn.Embedding, nn.Embedding]:
+    """Source and target embedding tables, ids -> (..., `size`); the padding row gets no gradient.
+
+    With `tie` (model.tie_embeddings) they are one table, which `output_layer` shares too (Press
+    & Wolf 2017): fewer parameters, and the source and target of a joint subword vocabulary
+    learn one representation. That needs the vocabularies to be one.
+    """
+    if tie and src_vocab_size != tgt_vocab_size:
+        raise UserError(
+            f"model.tie_embeddings=true needs a joint vocabulary, but the source has "
+            f"{src_vocab_size} tokens and the target {tgt_vocab_size}: set "
+            "model.tie_embeddings=false or train a joint tokenizer (data.spm.joint=true)"
+        )
+    src_embed = nn.Embedding(src_vocab_size, size, padding_idx=PAD_ID)
+    tgt_embed = src_embed if tie else nn.Embedding(tgt_vocab_size, size, padding_idx=PAD_ID)
+    return src_embed, tgt_embed
+
+
+def output_layer(tgt_embed: nn.Embedding, *, tie: bool) -> nn.Linear:
+    """Logits W_o x (..., V) of the target vocabulary from x (..., E); with `tie`, W_o is the
+    target embedding matrix itself."""
+    output = nn.Linear(tgt_embed.embedding_dim, tgt_embed.num_embeddings, bias=False)
+    if tie:
+        output.weight = tgt_embed.weight
+    return output
 
 
 def select(x: Memory | State, index: Tensor) -> Memory | State:

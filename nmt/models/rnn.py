@@ -11,7 +11,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import ModelConfig
 from nmt.errors import UserError
-from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
+from nmt.models.base import (
+    DecoderOutput,
+    Memory,
+    Seq2Seq,
+    State,
+    embeddings,
+    output_layer,
+)
 from nmt.vocab import PAD_ID
 
 _CELLS = {"gru": (nn.GRU, nn.GRUCell, 3), "lstm": (nn.LSTM, nn.LSTMCell, 4)}  # gates per cell
@@ -160,25 +167,14 @@ class RNNSeq2Seq(Seq2Seq):
         super().__init__()
         if cfg.rnn_type not in _CELLS:
             raise UserError(f"model.rnn_type={cfg.rnn_type!r} is not one of {sorted(_CELLS)}")
-        if cfg.tie_embeddings and src_vocab_size != tgt_vocab_size:
-            raise UserError(
-                f"model.tie_embeddings=true needs a joint vocabulary, but the source has "
-                f"{src_vocab_size} tokens and the target {tgt_vocab_size}: set "
-                "model.tie_embeddings=false or train a joint tokenizer (data.spm.joint=true)"
-            )
         self.cfg = cfg
         self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
-        self.src_embed = nn.Embedding(src_vocab_size, cfg.embed_size, padding_idx=PAD_ID)
-        self.tgt_embed = (
-            self.src_embed
-            if cfg.tie_embeddings
-            else nn.Embedding(tgt_vocab_size, cfg.embed_size, padding_idx=PAD_ID)
+        self.src_embed, self.tgt_embed = embeddings(
+            src_vocab_size, tgt_vocab_size, cfg.embed_size, tie=cfg.tie_embeddings
         )
         self.encoder = RNNEncoder(cfg)
         self.decoder = AttentionDecoder(cfg)
-        self.output = nn.Linear(cfg.embed_size, tgt_vocab_size, bias=False)  # W_o
-        if cfg.tie_embeddings:
-            self.output.weight = self.tgt_embed.weight
+        self.output = output_layer(self.tgt_embed, tie=cfg.tie_embeddings)  # W_o
         self.dropout = nn.Dropout(cfg.dropout)
         self.reset_parameters()
 

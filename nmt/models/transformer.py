@@ -5,6 +5,7 @@ cache for incremental decoding. Equations and sections cite that paper.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,14 @@ from torch import Tensor, nn
 
 from nmt.config import ModelConfig
 from nmt.errors import UserError
-from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
+from nmt.models.base import (
+    DecoderOutput,
+    Memory,
+    Seq2Seq,
+    State,
+    embeddings,
+    output_layer,
+)
 from nmt.vocab import PAD_ID
 
 
@@ -49,10 +57,18 @@ def attention(
     return F.dropout(weights, p=dropout) @ v, weights
 
 
+# Keys and values, each (B, N, S, D/N): what attention caches.
+KeyValues = tuple[Tensor, Tensor]
+
+
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1..head_N) W^O, head_n = Attention(Q W^Q_n, K W^K_n,
-    V W^V_n) (§3.2.2). Keys and values are projected separately (`project_kv`) so a decoder can
-    cache them: the growing self-attention prefix, or the memory projected once.
+    V W^V_n) (§3.2.2). Queries come from x, keys and values from `source` (x itself in
+    self-attention, the memory in cross-attention).
+
+    Incremental decoding hands in what earlier calls projected, so a step costs O(P), not
+    O(P²): `past_kv`, the growing self-attention cache, to which this call's keys and values are
+    appended; or `kv`, the memory's keys and values, projected once and then reused as they are.
     """
 
     def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
@@ -67,24 +83,38 @@ class MultiHeadAttention(nn.Module):
         """(B, T, D) -> (B, N, T, D/N)."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values (B, N, S, D/N) of x (B, S, D)."""
-        return self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
-
     def forward(
         self,
         x: Tensor,
-        k: Tensor,
-        v: Tensor,
+        source: Tensor,
+        *,
         mask: Tensor | None = None,
         causal: bool = False,
+        past_kv: KeyValues | None = None,
+        kv: KeyValues | None = None,
         need_attention: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Queries from x (B, T, D) over projected k, v -> (B, T, D), weights (B, N, T, S)."""
-        dropout = self.dropout if self.training else 0.0
+    ) -> tuple[Tensor, KeyValues, Tensor | None]:
+        """x (B, T, D) attends over `source` (B, S, D) -> output (B, T, D), the keys and values
+        attended over (B, N, S', D/N) each (S' = P + S after a `past_kv` of P positions; to be
+        cached by the caller), and the weights (B, N, T, S') with `need_attention`, else None.
+        `mask` and `causal` as in `attention`; with `kv`, `source` is not projected.
+        """
+        if kv is None:
+            kv = self._split_heads(self.k_proj(source)), self._split_heads(self.v_proj(source))
+            if past_kv is not None:
+                kv = torch.cat([past_kv[0], kv[0]], dim=2), torch.cat([past_kv[1], kv[1]], dim=2)
+        # Queries after keys and values: in self-attention all three read x, and autograd sums
+        # their gradients in reverse order of creation; this order keeps the sum's rounding.
         q = self._split_heads(self.q_proj(x))
-        out, weights = attention(q, k, v, mask, causal, dropout, need_attention)
-        return self.out_proj(out.transpose(1, 2).flatten(2)), weights
+        dropout = self.dropout if self.training else 0.0
+        out, weights = attention(q, *kv, mask, causal, dropout, need_attention)
+        return self.out_proj(out.transpose(1, 2).flatten(2)), kv, weights
+
+
+def feed_forward(cfg: ModelConfig) -> nn.Sequential:
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (eq. 2), applied at each position alike."""
+    d, f = cfg.hidden_size, cfg.ffn_size
+    return nn.Sequential(nn.Linear(d, f), nn.ReLU(), nn.Linear(f, d))
 
 
 class Positions(nn.Module):
@@ -113,71 +143,101 @@ class Positions(nn.Module):
         return x + table[offset:end].to(x.dtype)
 
 
-class _Layer(nn.Module):
-    """Residual sublayers (§3.1, §5.4): pre-norm x + Dropout(f(LN(x))), or the paper's post-norm
-    LN(x + Dropout(f(x))). Subclasses call `_in` on a sublayer's input and `_out` on its result.
+class Residual(nn.Module):
+    """A sublayer f in a residual connection with layer normalisation (§3.1, §5.4): pre-norm
+    x + Dropout(f(LN(x))), which trains deep stacks stably, or the paper's post-norm
+    LN(x + Dropout(f(x))). As the Annotated Transformer's `SublayerConnection`, it receives f
+    at call time, so one module serves attention and feed-forward alike.
     """
 
-    def __init__(self, cfg: ModelConfig, num_sublayers: int) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        d, self.norm_first = cfg.hidden_size, cfg.norm_first
-        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sublayers))
+        self.norm_first = cfg.norm_first
+        self.norm = nn.LayerNorm(cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.dropout)
-        # FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (eq. 2).
-        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_size), nn.ReLU(), nn.Linear(cfg.ffn_size, d))
 
-    def _in(self, index: int, x: Tensor) -> Tensor:
-        return self.norms[index](x) if self.norm_first else x
+    def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor | tuple]) -> Tensor | tuple:
+        """x (B, T, D) -> (B, T, D). If f returns a tuple (attention: output, keys and values,
+        weights), its first item is the sublayer's output and the rest come back after x.
+        """
+        out = sublayer(self.norm(x) if self.norm_first else x)
+        out, *extras = out if isinstance(out, tuple) else (out,)
+        x = x + self.dropout(out)
+        if not self.norm_first:
+            x = self.norm(x)
+        return (x, *extras) if extras else x
 
-    def _out(self, index: int, x: Tensor, sublayer_out: Tensor) -> Tensor:
-        x = x + self.dropout(sublayer_out)
-        return x if self.norm_first else self.norms[index](x)
+
+def _load_legacy_norms(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before `Residual` kept each layer's sublayer norms in `norms.{i}`:
+    load them into `residuals.{i}.norm` (the parameters, their order and values are the same).
+    A load_state_dict pre-hook (public as `register_load_state_dict_pre_hook` only from torch
+    2.5; nmt supports 2.4).
+    """
+    for key in [key for key in state_dict if key.startswith(prefix + "norms.")]:
+        index, name = key.removeprefix(prefix + "norms.").split(".", 1)
+        state_dict[f"{prefix}residuals.{index}.norm.{name}"] = state_dict.pop(key)
 
 
-class EncoderLayer(_Layer):
-    """Self-attention and feed-forward sublayers (§3.1)."""
+class EncoderLayer(nn.Module):
+    """Self-attention and feed-forward, each a residual sublayer (§3.1).
+
+    The residual norms are registered first, then the FFN, then attention: parameters are
+    listed (optimiser state, gradient clipping) and initialised in this order, and it is the
+    order that saved runs and fixed-seed losses were made with.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg, num_sublayers=2)
+        super().__init__()
+        self.residuals = nn.ModuleList(Residual(cfg) for _ in range(2))
+        self.ffn = feed_forward(cfg)
         self.self_attn = MultiHeadAttention(cfg.hidden_size, cfg.num_heads, cfg.attention_dropout)
+        self._register_load_state_dict_pre_hook(_load_legacy_norms, with_module=True)
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         """x (B, S, D), key_mask (B, 1, 1, S) -> (B, S, D)."""
-        h = self._in(0, x)
-        x = self._out(0, x, self.self_attn(h, *self.self_attn.project_kv(h), mask=key_mask)[0])
-        return self._out(1, x, self.ffn(self._in(1, x)))
+        x, _, _ = self.residuals[0](x, lambda h: self.self_attn(h, h, mask=key_mask))
+        return self.residuals[1](x, self.ffn)
 
 
-class DecoderLayer(_Layer):
-    """Masked self-attention, cross-attention over the memory, feed-forward (§3.1)."""
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention over the memory, feed-forward (§3.1), each a
+    residual sublayer; registered in the order `EncoderLayer` explains.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg, num_sublayers=3)
+        super().__init__()
+        self.residuals = nn.ModuleList(Residual(cfg) for _ in range(3))
+        self.ffn = feed_forward(cfg)
         self.self_attn = MultiHeadAttention(cfg.hidden_size, cfg.num_heads, cfg.attention_dropout)
         self.cross_attn = MultiHeadAttention(cfg.hidden_size, cfg.num_heads, cfg.attention_dropout)
+        self._register_load_state_dict_pre_hook(_load_legacy_norms, with_module=True)
 
     def forward(
         self,
         x: Tensor,
-        past_kv: tuple[Tensor, Tensor] | None,
-        cross_kv: tuple[Tensor, Tensor],
+        memory: Tensor,
         key_mask: Tensor,
+        cache: tuple[KeyValues, KeyValues] | None,
         need_attention: bool,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
-        """x (B, T, D) continuing a prefix whose self-attention keys/values `past_kv` (B, N, P,
-        D/N) are cached -> x (B, T, D), keys/values of all P + T positions, cross-attention
-        weights (B, N, T, S) if `need_attention`.
+    ) -> tuple[Tensor, tuple[KeyValues, KeyValues], Tensor | None]:
+        """x (B, T, D) continues a prefix of P positions over `memory` (B, S, D) -> x (B, T, D),
+        the next `cache`, cross-attention weights (B, N, T, S) if `need_attention`.
+
+        `cache` (None on the first call) = (self-attention keys/values of the P positions,
+        (B, N, P, D/N) each; the memory's cross-attention keys/values, (B, N, S, D/N) each).
         """
-        h = self._in(0, x)
-        k, v = self.self_attn.project_kv(h)
-        if past_kv is not None:
-            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
-        x = self._out(0, x, self.self_attn(h, k, v, causal=True)[0])
-        attended, weights = self.cross_attn(
-            self._in(1, x), *cross_kv, mask=key_mask, need_attention=need_attention
+        past_kv, memory_kv = cache if cache is not None else (None, None)
+        x, self_kv, _ = self.residuals[0](
+            x, lambda h: self.self_attn(h, h, causal=True, past_kv=past_kv)
         )
-        x = self._out(1, x, attended)
-        return self._out(2, x, self.ffn(self._in(2, x))), (k, v), weights
+        x, cross_kv, weights = self.residuals[1](
+            x,
+            lambda h: self.cross_attn(
+                h, memory, mask=key_mask, kv=memory_kv, need_attention=need_attention
+            ),
+        )
+        return self.residuals[2](x, self.ffn), (self_kv, cross_kv), weights
 
 
 class TransformerEncoder(nn.Module):
@@ -222,21 +282,21 @@ class TransformerDecoder(nn.Module):
         self, embedded: Tensor, memory: Memory, state: State, need_attention: bool
     ) -> tuple[Tensor, State, tuple[Tensor, ...]]:
         """Scaled embeddings (B, T, D) -> (B, T, D), next state, per-layer cross weights."""
-        offset = state["layer0.self_k"].size(2) if "layer0.self_k" in state else 0
+        offset = state["layer0.self_k"].size(2) if state else 0
         x = self.dropout(self.positions(embedded, offset))
         key_mask = memory.mask[:, None, None, :]
         new_state: State = {}
         layer_attn = []
         for i, layer in enumerate(self.layers):
-            name = f"layer{i}."
-            if name + "cross_k" in state:
-                cross_kv = state[name + "cross_k"], state[name + "cross_v"]
-            else:
-                cross_kv = layer.cross_attn.project_kv(memory.states)
-            past_kv = (state[name + "self_k"], state[name + "self_v"]) if offset else None
-            x, (k, v), weights = layer(x, past_kv, cross_kv, key_mask, need_attention)
-            new_state[name + "self_k"], new_state[name + "self_v"] = k, v
-            new_state[name + "cross_k"], new_state[name + "cross_v"] = cross_kv
+            names = [f"layer{i}.{kind}" for kind in ("self_k", "self_v", "cross_k", "cross_v")]
+            cache = None
+            if state:  # continuing: this layer's keys and values from the earlier calls
+                k, v, memory_k, memory_v = (state[name] for name in names)
+                cache = (k, v), (memory_k, memory_v)
+            x, (self_kv, cross_kv), weights = layer(
+                x, memory.states, key_mask, cache, need_attention
+            )
+            new_state.update(zip(names, (*self_kv, *cross_kv), strict=True))
             if weights is not None:
                 layer_attn.append(weights)
         return self.norm(x), new_state, tuple(layer_attn)
@@ -256,27 +316,16 @@ class Transformer(Seq2Seq):
                 f"model.hidden_size={cfg.hidden_size} is not divisible by "
                 f"model.num_heads={cfg.num_heads}"
             )
-        if cfg.tie_embeddings and src_vocab_size != tgt_vocab_size:
-            raise UserError(
-                f"model.tie_embeddings=true needs a joint vocabulary, but the source has "
-                f"{src_vocab_size} tokens and the target {tgt_vocab_size}: set "
-                "model.tie_embeddings=false or train a joint tokenizer (data.spm.joint=true)"
-            )
         self.cfg = cfg
         self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
         d = cfg.hidden_size
         self.embed_scale = math.sqrt(d)
-        self.src_embed = nn.Embedding(src_vocab_size, d, padding_idx=PAD_ID)
-        self.tgt_embed = (
-            self.src_embed
-            if cfg.tie_embeddings
-            else nn.Embedding(tgt_vocab_size, d, padding_idx=PAD_ID)
+        self.src_embed, self.tgt_embed = embeddings(
+            src_vocab_size, tgt_vocab_size, d, tie=cfg.tie_embeddings
         )
         self.encoder = TransformerEncoder(cfg)
         self.decoder = TransformerDecoder(cfg)
-        self.output = nn.Linear(d, tgt_vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.output.weight = self.tgt_embed.weight
+        self.output = output_layer(self.tgt_embed, tie=cfg.tie_embeddings)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -12,52 +12,32 @@ from nmt.config import ModelConfig
 from nmt.models import Seq2Seq, build_model
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
-TINY = ModelConfig(
-    embed_size=16,
-    hidden_size=32,
-    attention_size=24,
-    num_heads=4,
-    ffn_size=48,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-    max_positions=64,
-)
-# Each variant of both architectures that the contract tests run over: (config, vocab sizes).
-VARIANTS: dict[str, tuple[ModelConfig, int, int]] = {
-    "rnn-gru": (replace(TINY, arch="rnn", rnn_type="gru"), 40, 40),
-    "rnn-lstm-untied": (replace(TINY, arch="rnn", rnn_type="lstm", tie_embeddings=False), 37, 43),
-    "transformer-prenorm": (replace(TINY, arch="transformer"), 40, 40),
+# Each variant of both architectures that the contract tests run over, as changes to the tiny
+# config (tests/conftest.py) and (source, target) vocabulary sizes.
+VARIANTS: dict[str, tuple[dict, int, int]] = {
+    "rnn-gru": ({"arch": "rnn", "rnn_type": "gru"}, 40, 40),
+    "rnn-lstm-untied": ({"arch": "rnn", "rnn_type": "lstm", "tie_embeddings": False}, 37, 43),
+    "transformer-prenorm": ({"arch": "transformer"}, 40, 40),
     "transformer-postnorm-learned-untied": (
-        replace(
-            TINY,
-            arch="transformer",
-            norm_first=False,
-            learned_positions=True,
-            tie_embeddings=False,
-        ),
+        {
+            "arch": "transformer",
+            "norm_first": False,
+            "learned_positions": True,
+            "tie_embeddings": False,
+        },
         37,
         43,
     ),
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run model tests on one intra-op thread: their tensors are tiny, so more threads only add
-    synchronisation, and on a busy shared CPU spinning OpenMP threads turn a 3 ms forward pass
-    into 400 ms."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 @pytest.fixture(params=sorted(VARIANTS))
-def model(request: pytest.FixtureRequest) -> Seq2Seq:
+def model(request: pytest.FixtureRequest, tiny_model_config: ModelConfig) -> Seq2Seq:
     """A tiny model of each variant in eval mode, its weights jittered away from their
     initialisation (e.g. the RNN's zero attention vector v) so every path matters."""
-    cfg, src_vocab_size, tgt_vocab_size = VARIANTS[request.param]
+    overrides, src_vocab_size, tgt_vocab_size = VARIANTS[request.param]
     torch.manual_seed(0)
+    cfg = replace(tiny_model_config, **overrides)
     model = build_model(cfg, src_vocab_size, tgt_vocab_size).eval()
     with torch.no_grad():
         for param in model.parameters():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,14 +17,11 @@ from nmt.models import build_model, count_parameters, model_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIGS = sorted((REPO_ROOT / "configs/model").glob("*.yaml"))
-TINY = ModelConfig(
-    embed_size=16, hidden_size=32, attention_size=24, num_heads=4, ffn_size=48, max_positions=64
-)
 
 
-def test_unknown_arch_is_rejected_by_name() -> None:
+def test_unknown_arch_is_rejected_by_name(tiny_model_config: ModelConfig) -> None:
     with pytest.raises(ValueError, match=r"model\.arch='lstm'.*rnn.*transformer"):
-        build_model(replace(TINY, arch="lstm"), 40, 40)
+        build_model(replace(tiny_model_config, arch="lstm"), 40, 40)
 
 
 @pytest.mark.parametrize(
@@ -33,19 +31,39 @@ def test_unknown_arch_is_rejected_by_name() -> None:
         ({"arch": "transformer", "num_heads": 5}, "model.num_heads"),
     ],
 )
-def test_bad_sizes_are_rejected_by_name(overrides: dict, key: str) -> None:
+def test_bad_sizes_are_rejected_by_name(
+    overrides: dict, key: str, tiny_model_config: ModelConfig
+) -> None:
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        build_model(replace(TINY, **overrides), 40, 40)
+        build_model(replace(tiny_model_config, **overrides), 40, 40)
 
 
 @pytest.mark.parametrize("arch", ["rnn", "transformer"])
-def test_tied_embeddings_need_a_joint_vocabulary(arch: str) -> None:
+def test_tied_embeddings_need_a_joint_vocabulary(arch: str, tiny_model_config: ModelConfig) -> None:
+    tied = replace(tiny_model_config, arch=arch, tie_embeddings=True)
     with pytest.raises(ValueError, match=r"model\.tie_embeddings"):
-        build_model(replace(TINY, arch=arch, tie_embeddings=True), 40, 41)
-    model = build_model(replace(TINY, arch=arch, tie_embeddings=True), 40, 40)
+        build_model(tied, 40, 41)
+    model = build_model(tied, 40, 40)
     assert model.src_embed.weight is model.tgt_embed.weight is model.output.weight
-    untied = build_model(replace(TINY, arch=arch, tie_embeddings=False), 40, 41)
+    untied = build_model(replace(tied, tie_embeddings=False), 40, 41)
     assert untied.output.weight.shape[0] == 41
+
+
+def test_transformer_checkpoints_from_before_residual_modules_still_load(
+    tiny_model_config: ModelConfig,
+) -> None:
+    """A layer's sublayer norms were `norms.{i}` before `Residual` held them (`residuals.{i}.norm`);
+    state dicts of either layout load, strictly, into the same parameters."""
+    cfg = replace(tiny_model_config, arch="transformer", norm_first=False)
+    torch.manual_seed(0)
+    saved = build_model(cfg, 40, 40).state_dict()
+    legacy = {re.sub(r"residuals\.(\d+)\.norm\.", r"norms.\1.", k): v for k, v in saved.items()}
+    assert "decoder.layers.1.norms.2.bias" in legacy
+    torch.manual_seed(1)
+    model = build_model(cfg, 40, 40)
+    model.load_state_dict(legacy)
+    assert model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items())
 
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda path: path.stem)
@@ -86,10 +104,12 @@ def test_transformer_base_has_the_papers_size() -> None:
     ],
     ids=["rnn-gru", "rnn-lstm", "transformer"],
 )
-def test_flops_formula_matches_a_flop_counter(overrides: dict) -> None:
+def test_flops_formula_matches_a_flop_counter(
+    overrides: dict, tiny_model_config: ModelConfig
+) -> None:
     """The analytic count against PyTorch's count of the matrix products actually run."""
     torch.manual_seed(0)
-    model = build_model(replace(TINY, **overrides), 1000, 1000)
+    model = build_model(replace(tiny_model_config, **overrides), 1000, 1000)
     batch, src_len, tgt_len = 4, 9, 6
     src = torch.randint(4, 1000, (batch, src_len))
     tgt_in = torch.randint(4, 1000, (batch, tgt_len))
