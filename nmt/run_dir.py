@@ -23,15 +23,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from nmt.checkpoint import (
-    TEMPORARY_GLOB,
-    latest_checkpoint,
-    link_best,
-    load_checkpoint,
-    prune_checkpoints,
-    repair_best,
-    save_checkpoint,
-)
+from nmt import checkpoint
 from nmt.config import Config, from_dict
 from nmt.errors import UserError
 from nmt.evaluate import ValidationResult
@@ -95,18 +87,18 @@ class RunDir:
     ) -> dict[str, Any] | None:
         """The latest checkpoint to resume from, if any (and `train.resume`), its settings
         checked against `cfg` (`resume_changes`; rank 0 logs what changes)."""
-        checkpoint = latest_checkpoint(self.path) if cfg.train.resume else None
-        if checkpoint is None:
+        latest = checkpoint.latest_checkpoint(self.path) if cfg.train.resume else None
+        if latest is None:
             return None
-        state = load_checkpoint(checkpoint, map_location=map_location)
+        state = checkpoint.load_checkpoint(latest, map_location=map_location)
         if "schedule" not in state:
             raise UserError(
-                f"{checkpoint} was written by an older nmt and cannot be resumed: translate "
+                f"{latest} was written by an older nmt and cannot be resumed: translate "
                 "with it, or train in another hydra.run.dir"
             )
         changes = resume_changes(from_dict(state["config"]), cfg, self.path)
         step = state["progress"]["step"]
-        for line in [f"resuming from {checkpoint} at step {step}", *changes] if is_main else []:
+        for line in [f"resuming from {latest} at step {step}", *changes] if is_main else []:
             log.info("%s", line)
         return state
 
@@ -116,21 +108,21 @@ class RunDir:
         if not self.path.is_dir():  # deleted mid-run: do not quietly make a new one
             raise UserError(f"the run directory {self.path} vanished: step {step} not saved")
         path = self.path / f"step_{step}.pt"
-        save_checkpoint(state, path)
+        checkpoint.save_checkpoint(state, path)
         if best:
-            link_best(path)
-        prune_checkpoints(self.path, keep_last)
+            checkpoint.link_best(path)
+        checkpoint.prune_checkpoints(self.path, keep_last)
         return path
 
     def tidy(self, progress: Progress, cfg: Config) -> None:
         """Make the directory agree with the checkpoint a run starts from: remove partial
         checkpoint writes of a killed process (under the lock no one else writes them), drop
         validations the run will redo, point best.pt at the best step, record the config."""
-        for path in self.path.glob(TEMPORARY_GLOB):
+        for path in self.path.glob(checkpoint.TEMPORARY_GLOB):
             path.unlink(missing_ok=True)
             log.info("removed %s, left by an interrupted checkpoint write", path.name)
         self.truncate_history(progress.last_validated)
-        repair_best(self.path, progress.best_step)
+        checkpoint.repair_best(self.path, progress.best_step)
         (self.path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
     def append_history(self, progress: Progress, result: ValidationResult, improved: bool) -> None:

@@ -33,18 +33,6 @@ from nmt.search import (
 )
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: intra-op threads only add overhead, and on a busy machine they
-    spin (this file takes ~10x longer with 2 threads than with 1 there). Restored afterwards.
-    """
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 REAL = (4, 5, 6, 7)  # the scripted models' real tokens
 SCRIPTED_VOCAB = 8
 

@@ -52,15 +52,6 @@ def tiny_config(tmp_path: Path, arch: str, **train_settings) -> Config:
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and tests may share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_resume_gives_the_same_parameters(tmp_path: Path, arch: str):
     # 200 toy pairs in 2400-token batches make 5 batches an epoch: stopping after 4 steps

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
-import torch
 
 from nmt import search as search_module
 from nmt.checkpoint import load_checkpoint
@@ -39,12 +38,9 @@ def trained(tmp_path_factory) -> tuple[Config, Path]:
     """A tiny Transformer trained briefly on the toy reversal task with `TRAINED_DECODE`
     (validation stays greedy), and its run directory."""
     tmp_path = tmp_path_factory.mktemp("trained")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     cfg = tiny_config(tmp_path, "transformer", max_steps=30, validate_every=30, lr=5e-3)
     cfg = dataclasses.replace(cfg, decode=TRAINED_DECODE)
     train(cfg, tmp_path / "run")
-    torch.set_num_threads(threads)
     return cfg, tmp_path / "run"
 
 
