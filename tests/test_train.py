@@ -14,6 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from nmt import checkpoint as checkpoint_module
 from nmt import faults, progress
 from nmt import run_dir as run_dir_module
 from nmt import train as train_module
@@ -315,7 +316,7 @@ def test_non_finite_losses_are_skipped_then_stop(tmp_path: Path, monkeypatch):
 def test_best_pt_left_stale_by_a_crash_is_repaired_on_resume(tmp_path: Path, monkeypatch):
     cfg = tiny_config(tmp_path, "rnn", max_steps=12, validate_every=2)
     run_dir = tmp_path / "run"
-    real_link, linked = run_dir_module.link_best, []
+    real_link, linked = checkpoint_module.link_best, []
 
     def crash_at_the_second_new_best(path: Path):
         if linked:
@@ -323,7 +324,7 @@ def test_best_pt_left_stale_by_a_crash_is_repaired_on_resume(tmp_path: Path, mon
         linked.append(path)
         return real_link(path)
 
-    monkeypatch.setattr(run_dir_module, "link_best", crash_at_the_second_new_best)
+    monkeypatch.setattr(checkpoint_module, "link_best", crash_at_the_second_new_best)
     with pytest.raises(RuntimeError, match="killed between"):
         train(cfg, run_dir)
     latest = step_checkpoints(run_dir)[-1]
