@@ -55,7 +55,7 @@ train: ## train (prepares data first); NPROC=N trains on N GPUs/processes with t
 ifeq ($(NPROC),1)
 	$(NMT) train $(ARGS)
 else
-	$(VENV)/bin/torchrun --nproc_per_node=$(NPROC) -m nmt train $(ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m nmt train $(ARGS)
 endif
 
 # `make translate CKPT=... < in > out`: stdout carries translations only, so make must not echo

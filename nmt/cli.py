@@ -138,11 +138,26 @@ def train_command(dict_cfg: DictConfig) -> None:
     """Train in Hydra's run directory (preparing data first); the trainer records the config."""
     from hydra.core.hydra_config import HydraConfig
 
-    cfg = typed(dict_cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        cfg = typed(dict_cfg)
+    except SystemExit:  # a mistake in the settings: leave no empty run directory behind
+        _remove_if_unused(run_dir)
+        raise
     from nmt.train import train
 
     with user_errors():
-        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        train(cfg, run_dir)
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Remove the directory Hydra made for a run that never started (it holds only an empty
+    log); a directory with anything else in it is left alone."""
+    files = list(run_dir.iterdir()) if run_dir.is_dir() else []
+    if all(f.name == "train.log" and f.stat().st_size == 0 for f in files):
+        for file in files:
+            file.unlink()
+        run_dir.rmdir()
 
 
 def translate_command(dict_cfg: DictConfig) -> None:

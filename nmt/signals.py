@@ -5,7 +5,9 @@ uninterrupted run also passes through, so the resumed run is bit-identical to it
 changes nothing until its result is committed, so inside `abortable()` a signal abandons it at
 once and the resumed run redoes it. Inside `deferred()` (committing a validation, writing a
 checkpoint) every signal waits. Outside those, a second signal stops at once without saving;
-the latest checkpoint stands, and resuming from it is exact too.
+the latest checkpoint stands, and resuming from it is exact too. A signal within
+`SAME_REQUEST_SECONDS` of the first counts as the same request: Ctrl-C under `torchrun` reaches
+each worker twice (from the terminal, and forwarded by torchrun).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -20,6 +23,7 @@ from types import FrameType
 log = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SAME_REQUEST_SECONDS = 2.0
 
 
 class StopRequest:
@@ -27,6 +31,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self._first_at = 0.0  # time.monotonic() of the first signal
         self._mode = "step"  # step | abortable | deferred
         self._previous: dict[int, object] = {}
 
@@ -42,8 +47,11 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
-        again = self.requested
-        self.requested = True
+        now = time.monotonic()
+        if self.requested and now - self._first_at < SAME_REQUEST_SECONDS:
+            return
+        again, self.requested = self.requested, True
+        self._first_at = self._first_at or now
         if self._mode == "deferred":
             return
         if self._mode == "abortable" or again:

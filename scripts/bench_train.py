@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from nmt.config import TrainConfig, model_config
 from nmt.device import autocast, resolve_device, resolve_precision
 from nmt.models import build_model, model_summary
-from nmt.train import make_optimizer
+from nmt.optim import make_optimizer
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 

@@ -134,3 +134,9 @@ def test_a_run_directory_that_cannot_be_created_is_one_line_before_anything_runs
         f"nmt: error: cannot create the run directory {tmp_path}/file/run: {tmp_path}/file is "
         "not a writable directory; choose another hydra.run.dir"
     )
+
+
+def test_a_training_refused_for_its_settings_leaves_no_run_directory(tmp_path):
+    done = run_nmt("train", "train.lr=0", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and "train.lr=0.0 is out of range" in done.stderr
+    assert not (tmp_path / "run").exists()
