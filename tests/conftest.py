@@ -4,6 +4,7 @@ Multi30k corpus is (with a skip that says why when it is absent)."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,12 @@ from nmt.config import ModelConfig  # imports neither `datasets` nor the hub cli
 # Nothing in the tests may wait on the network (set before `datasets` is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# Tests send Ctrl-C to the trainings and translations they start. A test run started as a
+# background job of a script inherits an ignored SIGINT, which its children would inherit too
+# (and rightly keep ignoring): give this process, and so every child, the usual Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTI30K_ROOT = Path(os.environ.get("NMT_DATA_DIR", REPO_ROOT.parent / "shared/data/multi30k"))

@@ -46,3 +46,15 @@ def test_the_previous_handlers_come_back():
     with StopRequest():
         assert signal.getsignal(signal.SIGINT) != before
     assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_a_signal_the_parent_ignored_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a script's background job
+    try:
+        with StopRequest() as stop:
+            signal.raise_signal(signal.SIGINT)
+            assert not stop.requested
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # still handled
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
