@@ -69,12 +69,12 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 def nonfinite_tensors(model_state: dict[str, torch.Tensor]) -> list[str]:
-    """Names of floating-point tensors holding NaN or ±inf (one device sync per tensor)."""
-    return [
-        name
-        for name, value in model_state.items()
-        if value.is_floating_point() and not bool(torch.isfinite(value).all())
-    ]
+    """Names of floating-point tensors holding NaN or ±inf, with one device sync in all."""
+    floats = {name: value for name, value in model_state.items() if value.is_floating_point()}
+    if not floats:
+        return []
+    finite = torch.stack([value.isfinite().all() for value in floats.values()]).tolist()
+    return [name for name, ok in zip(floats, finite) if not ok]
 
 
 def _disk_full(error: BaseException) -> bool:

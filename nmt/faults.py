@@ -14,16 +14,18 @@ import signal
 from pathlib import Path
 from typing import BinaryIO
 
+# Read once when the process starts: the training step calls `pause_point` every time.
+_SPECS = [spec.split(":") for spec in os.environ.get("NMT_PAUSE_AT", "").split(",") if spec]
+_WANTED = {name: int(count) for name, count in _SPECS}
 _reached: dict[str, int] = {}
 
 
 def pause_point(point: str) -> None:
     """Wait here if the environment asks this process to pause at `point` this time."""
-    wanted = dict(spec.split(":") for spec in os.environ.get("NMT_PAUSE_AT", "").split(",") if spec)
-    if point not in wanted:
+    if point not in _WANTED:
         return
     _reached[point] = _reached.get(point, 0) + 1
-    if _reached[point] != int(wanted[point]):
+    if _reached[point] != _WANTED[point]:
         return
     Path(f"{os.environ['NMT_PAUSE_MARKER']}.{point}").write_text(str(os.getpid()))
     signal.pause()
@@ -50,6 +52,6 @@ class _PausingWriter:
 
 def pausing_writer(file: BinaryIO) -> BinaryIO:
     """`file`, wrapped to pause mid-write when a test asks for the `checkpoint-write` point."""
-    if "checkpoint-write:" in os.environ.get("NMT_PAUSE_AT", ""):
+    if "checkpoint-write" in _WANTED:
         return _PausingWriter(file)  # type: ignore[return-value]
     return file

@@ -31,7 +31,8 @@ from nmt import viz
 from nmt.config import DecodeConfig, EvaluateConfig, TranslateConfig
 from nmt.data.batching import column
 from nmt.data.clean import has_control_chars
-from nmt.data.corpus import load_split
+from nmt.data.corpus import Replacements, load_split
+from nmt.data.corpus import read_lines as read_utf8_lines
 from nmt.errors import UserError
 from nmt.evaluate import Scores, corpus_scores
 from nmt.search import Hypothesis
@@ -123,29 +124,22 @@ def translate_file(
 
 
 def read_lines(stream: BinaryIO, name: str, *, strict: bool, report: InputReport) -> Iterator[str]:
-    """Lines of a byte stream split on `\\n` only, decoded as UTF-8 (bad bytes: see `strict`).
-
-    Bytes, not text mode: Python's text mode would also split on other line separators (and
-    so break the one-line-per-line promise) and would fail on the first bad byte.
-    """
-    for line_no, raw in enumerate(stream, start=1):
-        raw = raw.rstrip(b"\r\n")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            if strict:
+    """The input's lines through the corpus reader (`nmt.data.corpus.read_lines`: `\\n` alone
+    ends a line, so one input line is one output line); with `translate.strict`, a bad byte or
+    a control character stops with the line, otherwise they are replaced and counted."""
+    replaced = None if strict else Replacements()
+    fix = "fix the line, or leave translate.strict=false to replace and count such bytes"
+    lines = read_utf8_lines(stream, name, fix=fix, replacements=replaced)
+    try:
+        for line_no, text in enumerate(lines, start=1):
+            if strict and has_control_chars(text):
                 raise UserError(
-                    f"{name}:{line_no}: invalid UTF-8 byte 0x{raw[error.start]:02x}: fix the "
-                    "line, or leave translate.strict=false to replace and count such bytes"
-                ) from None
-            report.bad_bytes += 1
-            text = raw.decode("utf-8", errors="replace")
-        if strict and has_control_chars(text):
-            raise UserError(
-                f"{name}:{line_no}: control character in the input: remove it, or leave "
-                "translate.strict=false to drop such characters with a warning"
-            )
-        yield text
+                    f"{name}:{line_no}: control character in the input: remove it, or leave "
+                    "translate.strict=false to drop such characters with a warning"
+                )
+            yield text
+    finally:
+        report.bad_bytes += replaced.num_lines if replaced else 0
 
 
 def save_attention(
