@@ -3,14 +3,16 @@ so that a test can kill or interrupt it exactly there (mid-step, mid-validation,
 
 Inactive unless the environment sets `NMT_PAUSE_AT=<point>:<n>[,<point>:<n>...]` (pause the
 n-th time each point is reached) and `NMT_PAUSE_MARKER=<prefix>`: `<prefix>.<point>` is created
-when the process waits there, so the test knows when to send its signal. The process waits until
-any signal arrives, then goes on: SIGKILL ends it there; SIGINT runs the trainer's handler first.
+when the process waits there, and it waits until the test removes that file. The test signals
+first and removes the file after: SIGKILL ends the process there; SIGINT's handler has run by
+the time it goes on. (Waiting for the signal itself with `signal.pause()` would race: a signal
+that lands between creating the file and pausing would leave the process paused for good.)
 """
 
 from __future__ import annotations
 
 import os
-import signal
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,8 +29,10 @@ def pause_point(point: str) -> None:
     _reached[point] = _reached.get(point, 0) + 1
     if _reached[point] != _WANTED[point]:
         return
-    Path(f"{os.environ['NMT_PAUSE_MARKER']}.{point}").write_text(str(os.getpid()))
-    signal.pause()
+    marker = Path(f"{os.environ['NMT_PAUSE_MARKER']}.{point}")
+    marker.write_text(str(os.getpid()))
+    while marker.exists():
+        time.sleep(0.01)
 
 
 class _PausingWriter:

@@ -71,8 +71,8 @@ def signal_when_paused(process: subprocess.Popen, run_dir: Path, point: str, num
             process.kill()
             pytest.fail(f"never paused at {point}")
         time.sleep(0.05)
-    marker.unlink()
     os.kill(process.pid, number)
+    marker.unlink()  # after the signal: the process goes on once it is gone
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
