@@ -206,6 +206,7 @@ class ConsoleProgress:
         self.total_steps, self.time_budget, self.interval = total_steps, time_budget, interval
         self.first_step, self.started = step, time.perf_counter()
         self.last_line = self.started
+        self.estimated = False  # the one up-front estimate of the whole run's length is out
         self.bar = None
         if sys.stderr.isatty():
             self.bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
@@ -224,6 +225,8 @@ class ConsoleProgress:
 
     def update(self, step: int, elapsed: float, loss: float, tokens_per_s: float, lr: float):
         left = self.time_left(step, elapsed)
+        if not self.estimated:
+            self._estimate(step, elapsed)
         fields = {"loss": f"{loss:.3f}", "tok/s": f"{tokens_per_s:,.0f}", "lr": f"{lr:.2e}"}
         if left is not None:
             fields["left"] = _minutes(left)
@@ -235,6 +238,26 @@ class ConsoleProgress:
             of = f"/{self.total_steps}" if self.total_steps else ""
             details = " | ".join(f"{key} {value}" for key, value in fields.items())
             log.info("step %d%s | %s | %s elapsed", step, of, details, _minutes(elapsed))
+
+    def _estimate(self, step: int, elapsed: float) -> None:
+        """Once the first steps have set the pace (20 steps and 10 s, or 200 steps), say how
+        long the run will take on this device, so that whoever started it knows what they
+        started: 30 epochs are minutes on a GPU and hours on a laptop."""
+        steps_done, seconds = step - self.first_step, time.perf_counter() - self.started
+        if not (steps_done >= 200 or (steps_done >= 20 and seconds >= 10)):
+            return
+        self.estimated = True
+        pace = steps_done / seconds
+        ends = []  # (seconds left, what ends then) for each budget
+        if self.total_steps is not None:
+            steps_left = max(self.total_steps - step, 0)
+            ends.append((steps_left / pace, f"for {steps_left:,} more steps"))
+        if self.time_budget is not None:
+            ends.append((max(self.time_budget - elapsed, 0.0), "until train.max_time"))
+        if ends:
+            left, what = min(ends)
+            log.info("estimate: %s of training %s at the measured %.2f steps/s, validation "
+                     "not included", _minutes(left), what, pace)  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:
