@@ -29,6 +29,9 @@ FORMAT_VERSION = 2  # 2: progress/schedule/stats state_dicts (exact resume after
 READABLE_VERSIONS = (1, 2)  # version 1 still translates; it cannot be resumed
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 BEST_NAME = "best.pt"
+# The average of the last step checkpoints (`train.average_last`), present only while it is the
+# run's model: it validated better than best.pt and the run has not trained on since.
+AVERAGED_NAME = "averaged.pt"
 # Temporary files of `save_checkpoint` and `link_best`: `.<name>.tmp-<pid>`.
 TEMPORARY_GLOB = ".*.tmp-*"
 
@@ -125,8 +128,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def read_progress(path: Path) -> dict[str, Any]:
     """A checkpoint's `progress` dict without reading its tensors (memory-mapped load)."""
+    return read_entry(path, "progress")
+
+
+def read_entry(path: Path, key: str) -> dict[str, Any]:
+    """One dict of a checkpoint (`progress`, `config`) without reading its tensors."""
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return state.get("progress", {})
+    return state.get(key, {})
 
 
 def step_checkpoints(run_dir: Path) -> list[Path]:
@@ -143,7 +151,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of the run's best step, as the latest checkpoint's progress records it.
+    """The run's model: `averaged.pt` where `current_average` finds one, else the checkpoint of
+    the run's best step, as the latest checkpoint's progress records it.
 
     Normally `best.pt`. After a crash between writing `step_<N>.pt` and linking `best.pt`, the
     latest progress names a best step that `best.pt` does not hold yet: that step's own file is
@@ -152,12 +161,24 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     best, latest = run_dir / BEST_NAME, latest_checkpoint(run_dir)
     if latest is None:
         return best if best.is_file() else None
+    averaged = current_average(run_dir, latest)
+    if averaged is not None:
+        return averaged
     best_step = read_progress(latest).get("best_step", 0)
     of_best_step = run_dir / f"step_{best_step}.pt"
     if of_best_step.is_file() and not (best.is_file() and _same_file(best, of_best_step)):
         log.warning("%s is not the best step %d: using %s", best, best_step, of_best_step)
         return of_best_step
     return best if best.is_file() else latest
+
+
+def current_average(run_dir: Path, latest: Path) -> Path | None:
+    """`averaged.pt` if it averages up to the `latest` step checkpoint: a run resumed to train
+    further has not averaged its new checkpoints yet, so its old average no longer stands."""
+    averaged = run_dir / AVERAGED_NAME
+    if averaged.is_file() and read_progress(averaged).get("step") == read_progress(latest)["step"]:
+        return averaged
+    return None
 
 
 def link_best(step_path: Path) -> Path:

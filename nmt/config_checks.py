@@ -88,13 +88,14 @@ RULES: list[tuple[str, Check, str]] = [
     ("train.weight_decay", at_least(0), ""),
     ("train.label_smoothing", fraction(), ""),
     ("train.clip_norm", at_least(0), ""),  # 0 turns clipping off
-    ("train.pad_multiple", at_least(1), ""),
+    ("train.pad_multiple", at_least(1), "8 on CUDA, 1 on CPU"),
     ("train.validate_every", at_least(1), ""),
     ("train.valid_beam_size", at_least(1), ""),
     ("train.max_valid_sentences", at_least(1), "the whole validation split"),
     ("train.num_heatmaps", at_least(0), ""),
     ("train.patience", at_least(1), "no early stopping"),
     ("train.keep_last", at_least(1), ""),
+    ("train.average_last", at_least(0), ""),
     ("train.log_every", at_least(1), ""),
     ("train.max_nonfinite", at_least(1), ""),
     ("decode.beam_size", at_least(1), ""),
@@ -150,6 +151,12 @@ def _check_combinations(cfg: ConfigLike) -> None:
         raise UserError(
             "train.schedule=linear decays to zero at the end of the budget: set "
             "train.max_steps, train.max_epochs or train.max_time"
+        )
+    if train.average_last > train.keep_last:
+        raise UserError(
+            f"train.average_last={train.average_last} averages the last step checkpoints, but "
+            f"train.keep_last={train.keep_last} keeps fewer: set train.keep_last to at least "
+            f"{train.average_last}"
         )
 
 

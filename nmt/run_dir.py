@@ -35,6 +35,8 @@ LOCK_NAME = ".lock"
 # One JSON line per validation: the learning curve against wall time, which
 # `scripts/time_to_quality.py` reads.
 HISTORY_NAME = "validations.jsonl"
+# What the end-of-run checkpoint average (`train.average_last`) scored, and which model it chose.
+AVERAGE_NAME = "average.json"
 # Settings a resumed run may change (applied and logged): everything except what fixes the
 # model, the vocabulary, the data, or the data order the saved position counts batches of.
 _DATA_KEYS_THAT_MAY_CHANGE = ("data.root", "data.cache_dir", "data.num_proc")
@@ -113,6 +115,25 @@ class RunDir:
             checkpoint.link_best(path)
         checkpoint.prune_checkpoints(self.path, keep_last)
         return path
+
+    def average_record(self) -> dict[str, Any] | None:
+        """The latest `save_average` record, or None if the run never averaged."""
+        path = self.path / AVERAGE_NAME
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            return json.loads(path.read_text(encoding="utf-8"))
+        return None
+
+    def save_average(self, state: dict[str, Any], record: dict[str, Any], *, chosen: bool) -> None:
+        """Keep the averaged checkpoint `state` as `averaged.pt` if it is `chosen` as the run's
+        model (and remove an older one if not), then write `record` as `average.json`."""
+        averaged = self.path / checkpoint.AVERAGED_NAME
+        if chosen:
+            checkpoint.save_checkpoint(state, averaged)
+        else:
+            averaged.unlink(missing_ok=True)
+        tmp = self.path / f".{AVERAGE_NAME}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path / AVERAGE_NAME)
 
     def tidy(self, progress: Progress, cfg: Config) -> None:
         """Make the directory agree with the checkpoint a run starts from: remove partial

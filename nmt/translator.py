@@ -136,7 +136,9 @@ class Translator:
             ) from None
         model.to(torch_device).eval()
         step = state["progress"]["step"]
-        log.info("checkpoint: %s (step %d)", path, step)
+        averaged = [Path(member).name for member in state.get("averaged_from", [])]
+        made = f"average of {', '.join(averaged)}" if averaged else f"step {step}"
+        log.info("checkpoint: %s (%s)", path, made)
         return cls(model, src_tokenizer, tgt_tokenizer, cfg, path, step, torch_device, dtype)
 
     def max_src_len(self, decode: DecodeConfig, max_tokens: int) -> int:

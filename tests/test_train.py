@@ -375,3 +375,54 @@ def test_keep_last_holds_exactly_also_when_interrupted(tmp_path: Path, monkeypat
     with pytest.raises(UserError, match="interrupted at step 7"):
         train(cfg, tmp_path / "run")
     assert [p.name for p in step_checkpoints(tmp_path / "run")] == ["step_6.pt", "step_7.pt"]
+
+
+@pytest.mark.parametrize(("average_bleu", "model_file"), [(40.0, "averaged.pt"), (5.0, "best.pt")])
+def test_average_of_the_last_checkpoints_is_the_model_only_if_it_validates_better(
+    tmp_path: Path, monkeypatch, average_bleu: float, model_file: str
+):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=8, validate_every=2, keep_last=3, average_last=3)
+    # Validations at steps 2, 4, 5 (the toy epoch's end), 6 and 8, then the average's.
+    real_validate, bleus = train_module.validate, iter([10, 30, 20, 25, 22, average_bleu])
+
+    def scripted(*args, **kwargs):
+        return dataclasses.replace(real_validate(*args, **kwargs), bleu=next(bleus))
+
+    monkeypatch.setattr(train_module, "validate", scripted)
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    record = json.loads((run_dir / "average.json").read_text())
+    assert record["steps"] == [5, 6, 8] and record["best_step"] == 4
+    assert record["bleu"] == average_bleu and record["chosen"] == model_file
+    assert checkpoint_module.checkpoint_file(run_dir) == run_dir / model_file
+    assert (run_dir / "averaged.pt").exists() == (model_file == "averaged.pt")
+    if model_file == "averaged.pt":
+        members = [load_checkpoint(run_dir / f"step_{s}.pt")["model"] for s in (5, 6, 8)]
+        for name, value in load_checkpoint(run_dir)["model"].items():
+            mean = sum(member[name].double() for member in members) / 3
+            torch.testing.assert_close(value, mean.to(value.dtype), msg=name)
+    # The same command again finds the run finished and its average made: nothing is redone.
+    monkeypatch.setattr(train_module, "validate", None)
+    assert train(cfg, run_dir).step == 8
+    assert checkpoint_module.checkpoint_file(run_dir) == run_dir / model_file
+
+
+def test_an_average_older_than_the_latest_checkpoint_is_not_the_model(tmp_path: Path):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=4, validate_every=2, keep_last=2, average_last=2)
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    # Whatever the toy average scored, pretend it won; then train on past it without averaging.
+    state = checkpoint_module.average_checkpoints(step_checkpoints(run_dir))
+    checkpoint_module.save_checkpoint(state, run_dir / "averaged.pt")
+    assert checkpoint_module.checkpoint_file(run_dir) == run_dir / "averaged.pt"
+    longer = dataclasses.replace(cfg.train, max_steps=6, average_last=0)
+    train(dataclasses.replace(cfg, train=longer), run_dir)
+    assert checkpoint_module.checkpoint_file(run_dir) == run_dir / "best.pt"
+
+
+def test_average_last_needs_the_checkpoints_it_averages(tmp_path: Path):
+    cfg = tiny_config(tmp_path, "rnn", keep_last=3, average_last=5)
+    with pytest.raises(
+        UserError, match=r"train\.average_last=5 .* set train\.keep_last to at least 5"
+    ):
+        train(cfg, tmp_path / "run")
