@@ -77,12 +77,17 @@ def typed(dict_cfg: DictConfig) -> Config:
     """The typed config; a local corpus also switches the Hugging Face hub offline.
 
     Offline mode is read when `datasets` is first imported, so commands import it after this.
+    A corpus is local unless it, or one of its training sources, names a hub dataset
+    (`datasets`' json/csv/parquet/arrow builders read local files).
     """
     from nmt.config import to_config
+    from nmt.config_checks import LOCAL_BUILDERS
 
     with user_errors():
         cfg = to_config(dict_cfg)
-    if cfg.data.format != "hub":
+    formats = [(cfg.data.format, cfg.data.hub_path)]
+    formats += [(s.format or cfg.data.format, s.hub_path) for s in cfg.data.train_sources]
+    if all(form != "hub" or path in LOCAL_BUILDERS for form, path in formats):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     return cfg
