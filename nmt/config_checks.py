@@ -163,7 +163,7 @@ def _check_sources(data: ConfigLike) -> None:
     names = [source.name for source in data.train_sources]
     for index, source in enumerate(data.train_sources):
         key = f"data.train_sources[{index}]"
-        if not source.name or names.count(source.name) > 1:
+        if not source.name or source.name in names[:index]:
             raise UserError(
                 f"{key}.name={_show(source.name)} must be a unique, non-empty name: the "
                 "statistics and error messages tell the sources apart by it"
