@@ -304,39 +304,7 @@ def _load_hub_split(cfg: DataConfig, split: str, cache_dir: Path) -> datasets.Da
     Local files are read into `cache_dir` (the build's own folder, deleted with it); a hub
     dataset stays in the Hugging Face cache, where it was downloaded once.
     """
-    if not cfg.hub_path:
-        raise UserError("data.format=hub needs data.hub_path (e.g. wmt14)")
-    local = is_local_builder(cfg)
-    if local:
-        files = hub_files(cfg, split)
-        where = f"{', '.join(map(str, files))} (data.hub_path={cfg.hub_path})"
-        arguments = {"data_files": {split: list(map(str, files))}, "cache_dir": str(cache_dir)}
-    else:
-        where = f"hub dataset {cfg.hub_path}/{cfg.hub_name}"
-        arguments = {"data_files": cfg.hub_data_files or None}
-    verbosity = datasets.logging.get_verbosity()
-    # A builder logs its parse error before raising it: the user gets it once, as our one line.
-    datasets.logging.set_verbosity(logging.CRITICAL)
-    try:
-        dataset = datasets.load_dataset(
-            cfg.hub_path, cfg.hub_name, split=split, revision=cfg.hub_revision, **arguments
-        )
-    except (ConnectionError, FileNotFoundError, ValueError, DatasetGenerationError) as error:
-        # A builder's own parse error (bad JSON, bad bytes) is the cause of its wrapper's.
-        cause = error.__cause__ if isinstance(error, DatasetGenerationError) else error
-        message = str(cause).strip()
-        first_line = message.splitlines()[0] if message else repr(cause)
-        fix = (
-            "check the file"
-            if local
-            else "check data.hub_path/hub_name/*_split, the network, or use data=local_files "
-            "with exported files"
-        )
-        raise UserError(
-            f"could not load split '{split}' of {where} ({first_line}): {fix}"
-        ) from None
-    finally:
-        datasets.logging.set_verbosity(verbosity)
+    dataset, where = _read_hub(cfg, split, cache_dir)
     if len(dataset) == 0:
         raise UserError(f"{where} has no rows: {_empty_hint(cfg, split)}")
     langs = [cfg.src_lang, cfg.tgt_lang]
@@ -374,3 +342,41 @@ def _load_hub_split(cfg: DataConfig, split: str, cache_dir: Path) -> datasets.Da
         remove_columns=dataset.column_names,
         cache_file_name=str(cache_dir / f"pairs-{key}.arrow"),
     )
+
+
+def _read_hub(cfg: DataConfig, split: str, cache_dir: Path) -> tuple[datasets.Dataset, str]:
+    """`load_dataset` of one split as it comes, and how to name where it came from."""
+    if not cfg.hub_path:
+        raise UserError("data.format=hub needs data.hub_path (e.g. wmt14)")
+    local = is_local_builder(cfg)
+    if local:
+        files = hub_files(cfg, split)
+        where = f"{', '.join(map(str, files))} (data.hub_path={cfg.hub_path})"
+        arguments = {"data_files": {split: list(map(str, files))}, "cache_dir": str(cache_dir)}
+    else:
+        where = f"hub dataset {cfg.hub_path}/{cfg.hub_name}"
+        arguments = {"data_files": cfg.hub_data_files or None}
+    verbosity = datasets.logging.get_verbosity()
+    # A builder logs its parse error before raising it: the user gets it once, as our one line.
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    try:
+        dataset = datasets.load_dataset(
+            cfg.hub_path, cfg.hub_name, split=split, revision=cfg.hub_revision, **arguments
+        )
+    except (ConnectionError, FileNotFoundError, ValueError, DatasetGenerationError) as error:
+        # A builder's own parse error (bad JSON, bad bytes) is the cause of its wrapper's.
+        cause = error.__cause__ if isinstance(error, DatasetGenerationError) else error
+        message = str(cause).strip()
+        first_line = message.splitlines()[0] if message else repr(cause)
+        fix = (
+            "check the file"
+            if local
+            else "check data.hub_path/hub_name/*_split, the network, or use data=local_files "
+            "with exported files"
+        )
+        raise UserError(
+            f"could not load split '{split}' of {where} ({first_line}): {fix}"
+        ) from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    return dataset, where

@@ -151,3 +151,14 @@ def test_bad_source_is_one_line_naming_it(json_cfg, tmp_path, break_it, message)
     with pytest.raises(UserError, match=message) as error:
         prepare(cfg)
     assert "\n" not in str(error.value)
+
+
+def test_csv_file_with_a_column_per_language(json_cfg: DataConfig, tmp_path: Path):
+    pairs = toy_pairs(12, 5)
+    csv = tmp_path / "train.csv"
+    csv.write_text("en,de\n" + "".join(f"{tgt},{src}\n" for src, tgt in pairs))
+    source = SourceConfig(
+        name="tab", format="hub", hub_path="csv", hub_data_files={"train": str(csv)}
+    )
+    data = prepare(dataclasses.replace(json_cfg, train_sources=[source]))
+    assert list(zip(data.splits["train"]["src"], data.splits["train"]["tgt"])) == pairs
