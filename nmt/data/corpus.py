@@ -220,6 +220,15 @@ def is_local_builder(cfg: DataConfig) -> bool:
     return cfg.format == "hub" and cfg.hub_path in LOCAL_BUILDERS
 
 
+def hub_folder(cfg: DataConfig) -> Path | None:
+    """The folder `data.hub_path` names if it is one on disk (a hub dataset's repository
+    downloaded with `huggingface-cli download --local-dir`, say), which `load_dataset` reads."""
+    if cfg.format != "hub" or not cfg.hub_path or is_local_builder(cfg):
+        return None
+    folder = Path(cfg.hub_path).expanduser()
+    return folder.resolve() if folder.is_dir() else None
+
+
 def hub_files(cfg: DataConfig, split: str) -> list[Path]:
     """The local files a `datasets` builder reads one split from (`data.hub_data_files`),
     each checked to exist; a glob pattern stands for the files it matches, in sorted order."""
@@ -249,6 +258,14 @@ def split_signature(cfg: DataConfig, split: str) -> object:
         return file_signature(split_files(cfg, split))
     if is_local_builder(cfg):
         return [cfg.hub_path, file_signature(hub_files(cfg, split))]
+    folder = hub_folder(cfg)
+    if folder is not None:  # every file in it, as `datasets` skips hidden ones (.cache/, .git/)
+        files = [f for f in sorted(folder.rglob("*")) if f.is_file()]
+        files = [
+            f for f in files if not any(p.startswith(".") for p in f.relative_to(folder).parts)
+        ]
+        signature = [(str(f.relative_to(folder)), *file_signature([f])[0][1:]) for f in files]
+        return [cfg.hub_name, cfg.hub_data_files or None, signature]
     return [cfg.hub_path, cfg.hub_name, cfg.hub_revision, cfg.hub_data_files or None]
 
 
@@ -356,6 +373,9 @@ def _read_hub(cfg: DataConfig, split: str, cache_dir: Path) -> tuple[datasets.Da
     else:
         where = f"hub dataset {cfg.hub_path}/{cfg.hub_name}"
         arguments = {"data_files": cfg.hub_data_files or None}
+        if hub_folder(cfg) is not None:  # local: its Arrow files go with the build, as above
+            where = f"dataset folder {hub_folder(cfg)}"
+            arguments["cache_dir"] = str(cache_dir)
     verbosity = datasets.logging.get_verbosity()
     # A builder logs its parse error before raising it: the user gets it once, as our one line.
     datasets.logging.set_verbosity(logging.CRITICAL)
@@ -368,12 +388,18 @@ def _read_hub(cfg: DataConfig, split: str, cache_dir: Path) -> tuple[datasets.Da
         cause = error.__cause__ if isinstance(error, DatasetGenerationError) else error
         message = str(cause).strip()
         first_line = message.splitlines()[0] if message else repr(cause)
-        fix = (
-            "check the file"
-            if local
-            else "check data.hub_path/hub_name/*_split, the network, or use data=local_files "
-            "with exported files"
-        )
+        if local:
+            fix = "check the file"
+        elif "Offline" in message:  # OfflineModeIsEnabled: HF_HUB_OFFLINE=1 and not cached
+            fix = (
+                "the Hugging Face hub is offline and the dataset is not in its cache: run "
+                "`nmt data` once on a connected machine and copy ~/.cache/huggingface here"
+            )
+        else:
+            fix = (
+                "check data.hub_path/hub_name/*_split, the network, or use data=local_files "
+                "with exported files"
+            )
         raise UserError(
             f"could not load split '{split}' of {where} ({first_line}): {fix}"
         ) from None

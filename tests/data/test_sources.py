@@ -162,3 +162,22 @@ def test_csv_file_with_a_column_per_language(json_cfg: DataConfig, tmp_path: Pat
     )
     data = prepare(dataclasses.replace(json_cfg, train_sources=[source]))
     assert list(zip(data.splits["train"]["src"], data.splits["train"]["tgt"])) == pairs
+
+
+def test_dataset_folder_is_read_offline_and_keyed_on_its_files(toy_cfg, tmp_path: Path):
+    # A hub dataset's repository downloaded once (`huggingface-cli download --local-dir`).
+    folder = tmp_path / "wmt-like"
+    folder.mkdir()
+    for seed, (split, num_pairs) in enumerate({"train": 40, "validation": 5, "test": 5}.items()):
+        write_json(folder / f"{split}.jsonl", toy_pairs(num_pairs, seed))
+    cfg = dataclasses.replace(
+        toy_cfg, format="hub", hub_path=str(folder), src_lang="de", tgt_lang="en",
+        valid_split="validation", test_splits=["test"],
+    )  # fmt: skip
+    data = prepare(cfg)
+    assert [len(data.splits[name]) for name in ("train", "validation", "test")] == [40, 5, 5]
+    (folder / ".cache").mkdir()  # huggingface-cli's own bookkeeping is not corpus data
+    (folder / ".cache" / "train.jsonl.lock").write_text("")
+    assert prepare(cfg).cache_hit
+    write_json(folder / "train.jsonl", toy_pairs(41, 0))
+    assert len(prepare(cfg).splits["train"]) == 41
