@@ -77,15 +77,26 @@ def typed(dict_cfg: DictConfig) -> Config:
     """The typed config; a local corpus also switches the Hugging Face hub offline.
 
     Offline mode is read when `datasets` is first imported, so commands import it after this.
+    A corpus is local unless it, or one of its training sources, names a hub dataset
+    (`datasets`' json/csv/parquet/arrow builders and a dataset folder on disk are local).
     """
     from nmt.config import to_config
 
     with user_errors():
         cfg = to_config(dict_cfg)
-    if cfg.data.format != "hub":
+    formats = [(cfg.data.format, cfg.data.hub_path)]
+    formats += [(s.format or cfg.data.format, s.hub_path) for s in cfg.data.train_sources]
+    if all(form != "hub" or _is_local(path) for form, path in formats):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     return cfg
+
+
+def _is_local(hub_path: str | None) -> bool:
+    """Whether `data.hub_path` reads from disk: a local builder's files or a dataset folder."""
+    from nmt.config_checks import LOCAL_BUILDERS
+
+    return hub_path is not None and (hub_path in LOCAL_BUILDERS or Path(hub_path).is_dir())
 
 
 def decode_overrides(command: str, overrides: list[str], cfg: Config) -> dict[str, Any]:

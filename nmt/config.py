@@ -12,6 +12,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -50,6 +51,28 @@ class SpmConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One corpus of `data.train_sources`, the several concatenated into the training split.
+
+    A key left null takes the value of the same `data.*` key, so sources in one layout need
+    only `name` and `root`; the hub keys are the source's own, since each names one dataset.
+    """
+
+    name: str = MISSING  # names the source in the statistics and in error messages
+    format: str | None = None  # text | tsv | hub
+    root: str | None = None  # text, tsv: the folder holding the files
+    split: str | None = None  # the split read from this source; null: data.train_split
+    text_pattern: str | None = None
+    tsv_pattern: str | None = None
+    tsv_columns: list[int] | None = None
+    hub_path: str | None = None
+    hub_name: str | None = None
+    hub_revision: str | None = None
+    hub_data_files: dict[str, Any] | None = None
+    max_pairs: int | None = None  # only the first N pairs of this source; null for all
+
+
+@dataclass
 class DataConfig:
     """Where a parallel corpus lives and how it becomes cached, SentencePiece-encoded Arrow."""
 
@@ -71,8 +94,12 @@ class DataConfig:
     hub_path: str | None = None
     hub_name: str | None = None
     hub_revision: str | None = None
-    hub_data_files: dict[str, str] | None = None  # for local builders such as "json"
+    # For datasets' local builders (hub_path: json | csv | parquet | arrow): split -> file or
+    # list of files, e.g. data.hub_data_files.train=train.jsonl. Open to new keys (`_register`).
+    hub_data_files: dict[str, Any] | None = field(default_factory=dict)
     max_train_pairs: int | None = None  # use only the first N training pairs; null for all
+    # Several corpora concatenated into the training split, in order; empty: the one corpus above.
+    train_sources: list[SourceConfig] = field(default_factory=list)
     num_proc: int = 2  # worker processes for encoding large splits
     cache_dir: str = "data/cache"
     clean: CleanConfig = field(default_factory=CleanConfig)
@@ -196,7 +223,11 @@ class Config:
 
 def _register() -> None:
     store = ConfigStore.instance()
-    store.store(name="config_schema", node=Config)
+    schema = OmegaConf.structured(Config)
+    # Hydra closes every dict to new keys, and its fix (`+data.hub_data_files.train=...`) fails
+    # once a config file has set that key: this one dict stays open to plain overrides.
+    OmegaConf.set_struct(schema.data.hub_data_files, False)
+    store.store(name="config_schema", node=schema)
     for group, schema in (
         ("data", DataConfig),
         ("model", ModelConfig),

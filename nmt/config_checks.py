@@ -36,6 +36,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "translate.precision": ("auto", "fp32", "bf16", "fp16"),
 }
 
+# `datasets`' builders that read local files (`data.hub_path=json` with `data.hub_data_files`):
+# their files are keyed on name, size and mtime like text files, not on a hub revision.
+LOCAL_BUILDERS = ("json", "csv", "parquet", "arrow")
+
 # A test on a value and the words that say what passes it ("a number >= 1").
 Check = tuple[Callable[[Any], bool], str]
 
@@ -146,6 +150,7 @@ def _check_combinations(cfg: ConfigLike) -> None:
             f"data.tsv_columns={cfg.data.tsv_columns} must name two columns, source then "
             "target: e.g. data.tsv_columns=[0,1]"
         )
+    _check_sources(cfg.data)
     train = cfg.train
     if train.schedule == "linear" and train.max_steps is train.max_epochs is train.max_time is None:
         raise UserError(
@@ -158,6 +163,28 @@ def _check_combinations(cfg: ConfigLike) -> None:
             f"train.keep_last={train.keep_last} keeps fewer: set train.keep_last to at least "
             f"{train.average_last}"
         )
+
+
+def _check_sources(data: ConfigLike) -> None:
+    """Each of `data.train_sources` named once, with a format and sizes that can be read."""
+    names = [source.name for source in data.train_sources]
+    for index, source in enumerate(data.train_sources):
+        key = f"data.train_sources[{index}]"
+        if not source.name or source.name in names[:index]:
+            raise UserError(
+                f"{key}.name={_show(source.name)} must be a unique, non-empty name: the "
+                "statistics and error messages tell the sources apart by it"
+            )
+        formats = CHOICES["data.format"]
+        if source.format is not None and source.format not in formats:
+            raise UserError(f"{key}.format={source.format} is not a choice: set it to one of "
+                            f"{', '.join(formats)}, or null for data.format")  # fmt: skip
+        if source.tsv_columns is not None and len(source.tsv_columns) != 2:
+            raise UserError(f"{key}.tsv_columns={source.tsv_columns} must name two columns, "
+                            "source then target: e.g. [0,1]")  # fmt: skip
+        if source.max_pairs is not None and source.max_pairs < 1:
+            raise UserError(f"{key}.max_pairs={source.max_pairs} is out of range: set it to "
+                            "a number >= 1, or null for all pairs")  # fmt: skip
 
 
 def unknown_key(values: dict, schema: type) -> str | None:

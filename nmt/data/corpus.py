@@ -1,7 +1,8 @@
 """Load raw sentence pairs into a `datasets.Dataset` with columns `src` and `tgt`.
 
 Three layouts, chosen by `data.format`: `text` (one file per side, optionally gzip), `tsv`
-(one file, two columns) and `hub` (a Hugging Face dataset with a `translation` column).
+(one file, two columns) and `hub` (a Hugging Face dataset with a `translation` column, from
+the hub or from local files through one of `datasets`' builders such as `json`).
 Local files are read line by line here rather than by the `text` builder, so that a line
 is exactly one `\\n`-terminated record (`str.splitlines` would also split on U+2028 and
 friends and break alignment) and so that a bad byte is reported with its file and line.
@@ -10,6 +11,7 @@ friends and break alignment) and so that a bad byte is reported with its file an
 
 from __future__ import annotations
 
+import glob
 import gzip
 import logging
 import zlib
@@ -23,6 +25,7 @@ import datasets
 from datasets.exceptions import DatasetGenerationError
 
 from nmt.config import DataConfig
+from nmt.config_checks import LOCAL_BUILDERS
 from nmt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -212,11 +215,65 @@ def file_signature(paths: list[Path]) -> list[tuple[str, int, int]]:
     return [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
 
 
+def is_local_builder(cfg: DataConfig) -> bool:
+    """Whether `data.format=hub` reads local files through a `datasets` builder (json, ...)."""
+    return cfg.format == "hub" and cfg.hub_path in LOCAL_BUILDERS
+
+
+def hub_folder(cfg: DataConfig) -> Path | None:
+    """The folder `data.hub_path` names if it is one on disk (a hub dataset's repository
+    downloaded with `huggingface-cli download --local-dir`, say), which `load_dataset` reads."""
+    if cfg.format != "hub" or not cfg.hub_path or is_local_builder(cfg):
+        return None
+    folder = Path(cfg.hub_path).expanduser()
+    return folder.resolve() if folder.is_dir() else None
+
+
+def hub_files(cfg: DataConfig, split: str) -> list[Path]:
+    """The local files a `datasets` builder reads one split from (`data.hub_data_files`),
+    each checked to exist; a glob pattern stands for the files it matches, in sorted order."""
+    entry = (cfg.hub_data_files or {}).get(split)
+    if not entry:
+        raise UserError(
+            f"data.hub_path={cfg.hub_path} reads local files, but data.hub_data_files has none "
+            f"for split '{split}': add data.hub_data_files.{split}=<file>"
+        )
+    paths = []
+    for name in [entry] if isinstance(entry, str) else entry:
+        pattern = str(Path(name).expanduser().resolve())
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches or not all(Path(match).is_file() for match in matches):
+            raise UserError(
+                f"missing data file {pattern} (data.hub_data_files.{split}): check the path, "
+                "which is relative to the folder nmt runs in"
+            )
+        paths += [Path(match) for match in matches]
+    return paths
+
+
+def split_signature(cfg: DataConfig, split: str) -> object:
+    """What identifies one split's raw pairs for the data cache: local files by name, size and
+    mtime (an edited file changes them), a hub dataset by its path, name and revision."""
+    if cfg.format in ("text", "tsv"):
+        return file_signature(split_files(cfg, split))
+    if is_local_builder(cfg):
+        return [cfg.hub_path, file_signature(hub_files(cfg, split))]
+    folder = hub_folder(cfg)
+    if folder is not None:  # every file in it, as `datasets` skips hidden ones (.cache/, .git/)
+        files = [f for f in sorted(folder.rglob("*")) if f.is_file()]
+        files = [
+            f for f in files if not any(p.startswith(".") for p in f.relative_to(folder).parts)
+        ]
+        signature = [(str(f.relative_to(folder)), *file_signature([f])[0][1:]) for f in files]
+        return [cfg.hub_name, cfg.hub_data_files or None, signature]
+    return [cfg.hub_path, cfg.hub_name, cfg.hub_revision, cfg.hub_data_files or None]
+
+
 def load_split(cfg: DataConfig, split: str, cache_dir: Path) -> datasets.Dataset:
     """All raw pairs of one split as a Dataset with string columns `src` and `tgt`."""
     datasets.disable_progress_bars()  # our commands print their own summaries
     if cfg.format == "hub":
-        return _load_hub_split(cfg, split)
+        return _load_hub_split(cfg, split, cache_dir)
     paths = split_files(cfg, split)
     if cfg.format == "text":
         generator, kwargs = _text_pairs, {"src_path": paths[0], "tgt_path": paths[1]}
@@ -257,44 +314,95 @@ def _empty_hint(cfg: DataConfig, split: str) -> str:
     return f"split '{split}' ({key}) needs at least one sentence pair: fill it, or change {key}"
 
 
-def _load_hub_split(cfg: DataConfig, split: str) -> datasets.Dataset:
-    """A split of a `load_dataset` corpus whose `translation` column maps language to text."""
-    if not cfg.hub_path:
-        raise UserError("data.format=hub needs data.hub_path (e.g. wmt14)")
-    try:
-        dataset = datasets.load_dataset(
-            cfg.hub_path,
-            cfg.hub_name,
-            split=split,
-            revision=cfg.hub_revision,
-            data_files=cfg.hub_data_files,
-        )
-    except (ConnectionError, FileNotFoundError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise UserError(
-            f"could not load split '{split}' of hub dataset {cfg.hub_path}/{cfg.hub_name} "
-            f"({first_line}): check data.hub_path/hub_name/*_split, the network, or use "
-            "data=local_files with exported files"
-        ) from None
+def _load_hub_split(cfg: DataConfig, split: str, cache_dir: Path) -> datasets.Dataset:
+    """A split of a `load_dataset` corpus whose `translation` column maps language to text
+    (or, as a CSV file can hold, with one column per language).
+
+    Local files are read into `cache_dir` (the build's own folder, deleted with it); a hub
+    dataset stays in the Hugging Face cache, where it was downloaded once.
+    """
+    dataset, where = _read_hub(cfg, split, cache_dir)
     if len(dataset) == 0:
+        raise UserError(f"{where} has no rows: {_empty_hint(cfg, split)}")
+    langs = [cfg.src_lang, cfg.tgt_lang]
+    if "translation" in dataset.column_names:
+        available = set(dataset[0]["translation"])
+    elif set(langs) <= set(dataset.column_names):
+        available = set(dataset.column_names)
+    else:
         raise UserError(
-            f"hub dataset {cfg.hub_path}/{cfg.hub_name} has no rows: {_empty_hint(cfg, split)}"
+            f"{where} has columns {dataset.column_names}, neither 'translation' nor "
+            f'{langs}: write the pairs as {{"translation": {{lang: text}}}} or export them to '
+            "files and use data=local_files"
         )
-    if "translation" not in dataset.column_names:
-        raise UserError(
-            f"hub dataset {cfg.hub_path} has columns {dataset.column_names}, not 'translation': "
-            "export it to files and use data=local_files"
-        )
-    missing = {cfg.src_lang, cfg.tgt_lang} - set(dataset[0]["translation"])
+    missing = set(langs) - available
     if missing:
         raise UserError(
-            f"hub dataset {cfg.hub_path}/{cfg.hub_name} has no language {sorted(missing)}: "
-            f"set data.src_lang/data.tgt_lang to some of {sorted(dataset[0]['translation'])}"
+            f"{where} has no language {sorted(missing)}: set data.src_lang/data.tgt_lang to "
+            f"some of {sorted(available)}"
         )
-    src_lang, tgt_lang = cfg.src_lang, cfg.tgt_lang
+    src_lang, tgt_lang = langs
 
     def to_pairs(batch: dict) -> dict:
+        if "translation" not in batch:
+            return {"src": batch[src_lang], "tgt": batch[tgt_lang]}
         pairs = batch["translation"]
         return {"src": [p[src_lang] for p in pairs], "tgt": [p[tgt_lang] for p in pairs]}
 
-    return dataset.map(to_pairs, batched=True, remove_columns=dataset.column_names)
+    # The pairs go to `cache_dir` rather than next to a hub dataset's files, so a build leaves
+    # no second copy of a large corpus in the Hugging Face cache; one file per source and split.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = datasets.fingerprint.Hasher.hash([where, split, cfg.hub_revision, langs])
+    return dataset.map(
+        to_pairs,
+        batched=True,
+        remove_columns=dataset.column_names,
+        cache_file_name=str(cache_dir / f"pairs-{key}.arrow"),
+    )
+
+
+def _read_hub(cfg: DataConfig, split: str, cache_dir: Path) -> tuple[datasets.Dataset, str]:
+    """`load_dataset` of one split as it comes, and how to name where it came from."""
+    if not cfg.hub_path:
+        raise UserError("data.format=hub needs data.hub_path (e.g. wmt14)")
+    local = is_local_builder(cfg)
+    if local:
+        files = hub_files(cfg, split)
+        where = f"{', '.join(map(str, files))} (data.hub_path={cfg.hub_path})"
+        arguments = {"data_files": {split: list(map(str, files))}, "cache_dir": str(cache_dir)}
+    else:
+        where = f"hub dataset {cfg.hub_path}/{cfg.hub_name}"
+        arguments = {"data_files": cfg.hub_data_files or None}
+        if hub_folder(cfg) is not None:  # local: its Arrow files go with the build, as above
+            where = f"dataset folder {hub_folder(cfg)}"
+            arguments["cache_dir"] = str(cache_dir)
+    verbosity = datasets.logging.get_verbosity()
+    # A builder logs its parse error before raising it: the user gets it once, as our one line.
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    try:
+        dataset = datasets.load_dataset(
+            cfg.hub_path, cfg.hub_name, split=split, revision=cfg.hub_revision, **arguments
+        )
+    except (ConnectionError, FileNotFoundError, ValueError, DatasetGenerationError) as error:
+        # A builder's own parse error (bad JSON, bad bytes) is the cause of its wrapper's.
+        cause = error.__cause__ if isinstance(error, DatasetGenerationError) else error
+        message = str(cause).strip()
+        first_line = message.splitlines()[0] if message else repr(cause)
+        if local:
+            fix = "check the file"
+        elif "Offline" in message:  # OfflineModeIsEnabled: HF_HUB_OFFLINE=1 and not cached
+            fix = (
+                "the Hugging Face hub is offline and the dataset is not in its cache: run "
+                "`nmt data` once on a connected machine and copy ~/.cache/huggingface here"
+            )
+        else:
+            fix = (
+                "check data.hub_path/hub_name/*_split, the network, or use data=local_files "
+                "with exported files"
+            )
+        raise UserError(
+            f"could not load split '{split}' of {where} ({first_line}): {fix}"
+        ) from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    return dataset, where

@@ -29,7 +29,8 @@ import datasets
 from nmt.config import DataConfig
 from nmt.data.batching import column
 from nmt.data.clean import DROP_RULES, clean
-from nmt.data.corpus import data_root, file_signature, load_split, split_files
+from nmt.data.corpus import load_split, split_signature
+from nmt.data.sources import load_source, naming, source_signature
 from nmt.errors import UserError
 from nmt.tokenizer import Tokenizer, train_tokenizer
 
@@ -70,14 +71,14 @@ def fingerprint(cfg: DataConfig) -> str:
     Left out on purpose: `name`, `cache_dir`, `num_proc` and the corpus folder's own path, so
     that renaming a setup, moving the corpus or using more workers reuses the cache.
     """
-    if cfg.format == "hub":
-        # Hub files cannot be statted here; the dataset's identity and revision stand in.
-        sources: object = [cfg.hub_path, cfg.hub_name, cfg.hub_revision, cfg.hub_data_files]
-    else:
-        # Local files are keyed on name, size and mtime: cheap, and an edit changes them.
-        # Resolving the files also reports a missing or misnamed file before any work.
-        data_root(cfg)
-        sources = {split: file_signature(split_files(cfg, split)) for split in split_names(cfg)}
+    # Local files (text, tsv, and those of `datasets`' json/csv/parquet/arrow builders) are keyed
+    # on name, size and mtime: cheap, and an edit changes them; a hub dataset on its revision.
+    # Resolving the files also reports a missing or misnamed file before any work.
+    sources = {
+        split: split_signature(cfg, split)
+        for split in split_names(cfg)
+        if not (split == cfg.train_split and cfg.train_sources)
+    }
     payload = {
         "version": PIPELINE_VERSION,
         "format": cfg.format,
@@ -89,6 +90,8 @@ def fingerprint(cfg: DataConfig) -> str:
         "spm": dataclasses.asdict(cfg.spm),
         "sources": sources,
     }
+    if cfg.train_sources:
+        payload["train_sources"] = [source_signature(cfg, source) for source in cfg.train_sources]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -152,7 +155,8 @@ def _build(cfg: DataConfig, path: Path) -> None:
             },
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        shutil.rmtree(tmp / "hf")  # intermediate Arrow files; splits/ holds the result
+        # Intermediate Arrow files, if a loader wrote any; splits/ holds the result.
+        shutil.rmtree(tmp / "hf", ignore_errors=True)
         try:
             tmp.rename(path)  # atomic within one file system
         except OSError:
@@ -168,34 +172,81 @@ def _load_and_clean(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.DatasetDi
     """Every split read, normalized and (training only) filtered, with counts per drop rule.
 
     `load_split` refuses a split with no lines, so the only way to end up empty here is a
-    training split that cleaning emptied.
+    training split (or source) that cleaning emptied.
     """
     splits, stats = datasets.DatasetDict(), {}
     for name in split_names(cfg):
+        if name == cfg.train_split and cfg.train_sources:
+            splits[name], stats[name] = _load_sources(cfg, hf_cache)
+            continue
         raw = load_split(cfg, name, hf_cache)
         if name == cfg.train_split and cfg.max_train_pairs is not None:
             # The first N lines of the file, before cleaning: what the setting promises, and
             # the same pairs whatever the cleaning rules drop.
             raw = raw.select(range(min(cfg.max_train_pairs, len(raw))))
-        # Only training pairs are filtered: validation and test keep every line, in order,
-        # so that line i of a prepared split is line i of its reference file.
-        is_train = name == cfg.train_split
-        if not is_train:  # references are scored as they are in the file, before cleaning
-            raw = raw.add_column("ref", column(raw, "tgt"))
-        kept, dropped = clean(raw, cfg.clean, _num_proc(cfg, len(raw)), drop=is_train)
-        if len(kept) == 0:  # nothing to learn a vocabulary or a model from
-            raise UserError(
-                f"split '{name}' of data '{cfg.name}' is empty after cleaning ({len(raw)} pairs "
-                f"read, dropped {dict(dropped)}): check the corpus (data.root, data.*_pattern, "
-                "data.hub_*) or loosen data.clean.*"
-            )
-        splits[name] = kept
-        stats[name] = {
-            "pairs_read": len(raw),
-            "pairs_kept": len(kept),
-            "dropped": {rule: dropped.get(rule, 0) for rule in DROP_RULES},
-        }
+        splits[name], stats[name] = _clean_split(
+            cfg, raw, is_train=name == cfg.train_split, what=f"split '{name}' of data '{cfg.name}'"
+        )
     return splits, stats
+
+
+def _load_sources(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.Dataset, dict]:
+    """The training split as `data.train_sources` concatenated in order, each cleaned on its
+    own so that the statistics count pairs read, kept and dropped per source.
+
+    `data.max_train_pairs` caps the pairs read from all sources together, taken in order: a
+    source after the cap is not read at all.
+    """
+    parts, per_source = [], {}
+    budget = cfg.max_train_pairs
+    for source in cfg.train_sources:
+        if budget == 0:
+            per_source[source.name] = _split_stats(0, 0, {})
+            continue
+        raw = load_source(cfg, source, hf_cache)
+        if budget is not None:
+            raw = raw.select(range(min(budget, len(raw))))
+            budget -= len(raw)
+        with naming(source):
+            kept, per_source[source.name] = _clean_split(
+                cfg, raw, is_train=True, what=f"split '{source.split or cfg.train_split}'"
+            )
+        parts.append(kept)
+    train = datasets.concatenate_datasets(parts)
+    total = {
+        "pairs_read": sum(part["pairs_read"] for part in per_source.values()),
+        "pairs_kept": len(train),
+        "dropped": {
+            rule: sum(part["dropped"][rule] for part in per_source.values()) for rule in DROP_RULES
+        },
+        "sources": per_source,
+    }
+    return train, total
+
+
+def _clean_split(
+    cfg: DataConfig, raw: datasets.Dataset, *, is_train: bool, what: str
+) -> tuple[datasets.Dataset, dict]:
+    """One split (or training source) cleaned, and its counts; refused if nothing is kept."""
+    # Only training pairs are filtered: validation and test keep every line, in order,
+    # so that line i of a prepared split is line i of its reference file.
+    if not is_train:  # references are scored as they are in the file, before cleaning
+        raw = raw.add_column("ref", column(raw, "tgt"))
+    kept, dropped = clean(raw, cfg.clean, _num_proc(cfg, len(raw)), drop=is_train)
+    if len(kept) == 0:  # nothing to learn a vocabulary or a model from
+        raise UserError(
+            f"{what} is empty after cleaning ({len(raw)} pairs read, dropped {dict(dropped)}): "
+            "check the corpus (data.root, data.*_pattern, data.hub_*) or loosen data.clean.*"
+        )
+    return kept, _split_stats(len(raw), len(kept), dropped)
+
+
+def _split_stats(num_read: int, num_kept: int, dropped: dict) -> dict:
+    return {
+        "pairs_read": num_read,
+        "pairs_kept": num_kept,
+        "dropped": {rule: dropped.get(rule, 0) for rule in DROP_RULES},
+    }
 
 
 def _train_tokenizers(
@@ -280,7 +331,8 @@ def format_stats(data: PreparedData) -> str:
     """A table of what preparation did, for the `nmt data` command and training logs.
 
     One row per split: pairs read and kept, pairs dropped by each cleaning rule, and average
-    subwords per sentence (what `train.max_tokens` is spent on).
+    subwords per sentence (what `train.max_tokens` is spent on); below the training split, an
+    indented row per training source.
     """
     stats = data.stats
     lines = [
@@ -294,6 +346,12 @@ def format_stats(data: PreparedData) -> str:
             f" {dropped['too_long']:>6} {dropped['ratio']:>6} {split['avg_src_subwords']:>7.2f}"
             f" {split['avg_tgt_subwords']:>7.2f}"
         )
+        for source, counts in split.get("sources", {}).items():  # data.train_sources
+            dropped = counts["dropped"]
+            lines.append(
+                f"{'  ' + source:<20} {counts['pairs_read']:>8} {counts['pairs_kept']:>8}"
+                f" {dropped['empty']:>6} {dropped['too_long']:>6} {dropped['ratio']:>6}"
+            )
     vocab = (
         f"joint vocabulary {stats['src_vocab_size']}"
         if stats["joint_vocab"]
