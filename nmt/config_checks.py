@@ -151,6 +151,12 @@ def _check_combinations(cfg: ConfigLike) -> None:
             "train.schedule=linear decays to zero at the end of the budget: set "
             "train.max_steps, train.max_epochs or train.max_time"
         )
+    heads = cfg.translate.alignment_heads
+    if heads is not None and (not heads or min(heads) < 0 or len(set(heads)) < len(heads)):
+        raise UserError(
+            f"translate.alignment_heads={list(heads)} must list distinct head numbers from 0, "
+            "e.g. [0,2], or be null for the mean of all heads"
+        )
 
 
 def unknown_key(values: dict, schema: type) -> str | None:
