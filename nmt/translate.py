@@ -102,7 +102,11 @@ def translate_file(
     attention_dir = Path(settings.attention_dir) if settings.attention_dir else None
     if attention_dir is not None:
         _make_folder(attention_dir, "translate.attention_dir")
-    attention = translator.attention_choice(settings.alignment_layer, settings.alignment_heads)
+    # Alignments read the chosen layer and heads; heatmaps alone draw the last layer's mean.
+    chosen = settings.alignments or settings.alignment_layer is not None or settings.alignment_heads
+    attention = MEAN_OF_LAST_LAYER
+    if chosen:
+        attention = translator.attention_choice(settings.alignment_layer, settings.alignment_heads)
     source = open(input_path, "rb") if input_path else sys.stdin.buffer  # noqa: SIM115
     outputs = _Outputs()
     try:

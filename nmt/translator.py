@@ -30,9 +30,10 @@ from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-# The Transformer decoder layer whose cross-attention, averaged over heads, aligns words best
-# (negative: counted from the last): measured on Multi30k val against eflomal, see the README.
-DEFAULT_ALIGNMENT_LAYER = -1
+# The Transformer decoder layer whose cross-attention, averaged over heads, aligned words best:
+# the first, measured on Multi30k val against eflomal (AER 38.7% against 45.5% and 43.8% for the
+# second and last layers of a 3-layer model; README). Negative would count from the last.
+DEFAULT_ALIGNMENT_LAYER = 0
 
 # Sections of a saved config that describe the command that trained, not the model: the
 # checkpoint is no authority on them (and older checkpoints hold keys since moved).
@@ -206,7 +207,7 @@ class Translator:
         num_layers = model.num_decoder_layers if transformer else 1
         num_heads = model.num_heads if transformer else 1
         if layer is None:
-            layer = max(DEFAULT_ALIGNMENT_LAYER, -num_layers) if transformer else -1
+            layer = DEFAULT_ALIGNMENT_LAYER if transformer else 0
         if not -num_layers <= layer < num_layers:
             raise UserError(
                 f"translate.alignment_layer={layer} is out of range: this model's decoder has "
