@@ -165,7 +165,7 @@ class TranslateConfig:
     attention_dir: str | None = None  # translate: one attention heatmap PNG per sentence
     alignments: str | None = None  # translate: word alignments (Pharaoh i-j), a line per line
     # Cross-attention the alignments (and heatmaps) read: a decoder layer (negative counts from
-    # the last; null = the Transformer's best measured, see README) and heads (null = mean of all)
+    # the last; null = the first, best on Multi30k val, see README) and heads (null = all, mean)
     alignment_layer: int | None = None
     alignment_heads: list[int] | None = None
 
