@@ -196,6 +196,11 @@ class TranslateConfig:
     strict: bool = False  # bad bytes / control characters: error naming the line, not a warning
     nbest_tsv: str | None = None  # translate: also write the n-best lists (decode.nbest) as TSV
     attention_dir: str | None = None  # translate: one attention heatmap PNG per sentence
+    alignments: str | None = None  # translate: word alignments (Pharaoh i-j), a line per line
+    # Cross-attention the alignments (and heatmaps) read: a decoder layer (negative counts from
+    # the last; null = the first, best on Multi30k val, see README) and heads (null = all, mean)
+    alignment_layer: int | None = None
+    alignment_heads: list[int] | None = None
 
 
 @dataclass

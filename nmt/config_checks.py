@@ -163,6 +163,12 @@ def _check_combinations(cfg: ConfigLike) -> None:
             f"train.keep_last={train.keep_last} keeps fewer: set train.keep_last to at least "
             f"{train.average_last}"
         )
+    heads = cfg.translate.alignment_heads
+    if heads is not None and (not heads or min(heads) < 0 or len(set(heads)) < len(heads)):
+        raise UserError(
+            f"translate.alignment_heads={list(heads)} must list distinct head numbers from 0, "
+            "e.g. [0,2], or be null for the mean of all heads"
+        )
 
 
 def _check_sources(data: ConfigLike) -> None:

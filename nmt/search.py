@@ -26,7 +26,7 @@ from torch import Tensor
 from nmt.config import DecodeConfig
 from nmt.data.batching import collate, plan_batches
 from nmt.device import autocast
-from nmt.models.base import Seq2Seq, State, select
+from nmt.models.base import MEAN_OF_LAST_LAYER, AttentionChoice, Seq2Seq, State, select
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -97,12 +97,14 @@ def greedy_search(
     max_len_b: float,
     length_penalty: float = 0.0,
     need_attention: bool = False,
+    attention: AttentionChoice = MEAN_OF_LAST_LAYER,
 ) -> SearchResult:
     """The most probable next token at every step: source ids `src` (B, S), `src_mask` (B, S).
 
     Sentences that emit EOS or reach their maximum length leave the batch (`select`), so a long
     sentence does not keep short ones decoding. `length_penalty` (α) only rescales the returned
     scores, like beam search's; it never changes the output. The oracle for beam size 1.
+    With `need_attention`, each hypothesis carries the cross-attention that `attention` picks.
     """
     batch_size, src_len = src.shape
     max_lens = max_output_lengths(src_mask, max_len_a, max_len_b)
@@ -121,7 +123,7 @@ def greedy_search(
         tokens[active, t] = token
         scores[active] += step_scores
         if attn is not None:
-            attn[active, t] = out.attn[:, -1].float()
+            attn[active, t] = attention.of(out)[:, -1].float()
         done = (token == EOS_ID) | (max_lens[active] <= t + 1)
         num_steps[active[done]] = t + 1
         if bool(done.all()):
@@ -226,6 +228,7 @@ def beam_search(
     max_len_b: float,
     nbest: int = 1,
     need_attention: bool = False,
+    attention: AttentionChoice = MEAN_OF_LAST_LAYER,
 ) -> SearchResult:
     """Beam search over all sentences of `src` (B, S) at once, K = `beam_size` beams each.
 
@@ -238,6 +241,7 @@ def beam_search(
     At its maximum length a sentence's live beams are finished as they are. Stopped sentences
     leave the batch (`select`). With α = 0 and K = 1 this gives exactly `greedy_search`; with
     α > 0 it may keep searching past greedy's EOS for a longer, better-normalised output.
+    With `need_attention`, each hypothesis carries the cross-attention that `attention` picks.
     """
     assert 1 <= nbest <= beam_size, (nbest, beam_size)  # settings are checked where they are read
     k, device = beam_size, src.device
@@ -258,7 +262,7 @@ def beam_search(
     for t in range(width):
         out = model.decode(last, memory, state, need_attention=need_attention)
         log_probs = _next_log_probs(out.logits)  # (b·K, V)
-        step_attn = out.attn[:, -1].float() if need_attention else None
+        step_attn = attention.of(out)[:, -1].float() if need_attention else None
         top_scores, top_rows, top_tokens = _top_candidates(beam_scores, log_probs)
         # The K best non-EOS candidates become the beams (a beam adds at most one EOS, so at
         # least K of the 2K are not EOS); sorting on "is EOS" is stable, so order is kept.
@@ -306,6 +310,7 @@ def search(
     cfg: DecodeConfig,
     *,
     need_attention: bool = False,
+    attention: AttentionChoice = MEAN_OF_LAST_LAYER,
 ) -> SearchResult:
     """Greedy search for `cfg.beam_size` 1, beam search otherwise; scores use `cfg.length_penalty`
     either way. `src` (B, S) ids, `src_mask` (B, S). Call with the model in eval mode.
@@ -313,10 +318,10 @@ def search(
     lengths = {"max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b}
     if cfg.beam_size == 1 and cfg.nbest == 1:
         return greedy_search(model, src, src_mask, **lengths, length_penalty=cfg.length_penalty,
-                             need_attention=need_attention)  # fmt: skip
+                             need_attention=need_attention, attention=attention)  # fmt: skip
     return beam_search(model, src, src_mask, **lengths, beam_size=cfg.beam_size,
                        length_penalty=cfg.length_penalty, nbest=cfg.nbest,
-                       need_attention=need_attention)  # fmt: skip
+                       need_attention=need_attention, attention=attention)  # fmt: skip
 
 
 @torch.inference_mode()
@@ -329,6 +334,7 @@ def search_in_order(
     precision: torch.dtype,
     max_tokens: int,
     need_attention: bool = False,
+    attention: AttentionChoice = MEAN_OF_LAST_LAYER,
 ) -> list[list[Hypothesis]]:
     """The n-best list of every source (ids without EOS), in the order of `src_ids`.
 
@@ -349,7 +355,7 @@ def search_in_order(
         padded = collate([src_ids[r] for r in rows], [[] for _ in rows], rows, pad_multiple=1)
         with autocast(device, precision):
             found = search(model, padded.src.to(device), padded.src_mask.to(device), cfg,
-                           need_attention=need_attention)  # fmt: skip
+                           need_attention=need_attention, attention=attention)  # fmt: skip
         for row, nbest in zip(rows, found.nbest):
             results[row] = nbest
     return results

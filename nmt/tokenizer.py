@@ -59,6 +59,43 @@ class Tokenizer:
         """Subword strings of one sequence, for labelling attention heatmaps."""
         return [self._sp.id_to_piece(int(i)) for i in ids]
 
+    def source_words(self, text: str) -> list[int | None]:
+        """For each subword of `encode([text])[0]`, the index of the whitespace-separated word
+        of `text` it belongs to (None: whitespace alone, after the last word)."""
+        mapping = self._sp.encode(text, return_type="offset_mapping")
+        return _words_of_pieces(text, mapping["offsets"])
+
+    def output_words(self, ids: Sequence[int]) -> list[int | None]:
+        """For each of `ids` (no pad, bos or eos), the index of the whitespace-separated word of
+        their detokenized text (`decode`) it belongs to (None: whitespace alone, at the end)."""
+        mapping = self._sp.decode(list(ids), return_type="offset_mapping")
+        return _words_of_pieces(mapping["text"], mapping["offsets"])
+
+
+def _words_of_pieces(text: str, offsets: Sequence[tuple[int, int]]) -> list[int | None]:
+    """Word index (of `text.split()`) of each piece from its character offsets in `text`.
+
+    A piece belongs to the word of the first non-space character at or after its start: '▁Hund'
+    (" Hund") to that word, a lone '▁' (" ") to the word it precedes, and the byte pieces of
+    one character (byte fallback; all but the last cover no character) to that character's
+    word. So the mapping follows the text itself, not the spelling of the pieces.
+    """
+    word_of_char: list[int | None] = []
+    num_words, in_word = 0, False
+    for char in text:
+        if char.isspace():  # what str.split() splits on
+            word_of_char.append(None)
+            in_word = False
+        else:
+            num_words += not in_word
+            word_of_char.append(num_words - 1)
+            in_word = True
+    at_or_after: list[int | None] = [None] * (len(text) + 1)
+    for i in range(len(text) - 1, -1, -1):
+        word = word_of_char[i]
+        at_or_after[i] = word if word is not None else at_or_after[i + 1]
+    return [at_or_after[min(begin, len(text))] for begin, _ in offsets]
+
 
 def train_tokenizer(texts: Iterable[str], model_prefix: str | Path, cfg: SpmConfig) -> Tokenizer:
     """Train SentencePiece on `texts` and write `<model_prefix>.model` and `.vocab`.

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, TextIO
 import datasets
 
 from nmt import viz
+from nmt.alignment import format_pharaoh
 from nmt.config import DecodeConfig, EvaluateConfig, TranslateConfig
 from nmt.data.batching import column
 from nmt.data.clean import has_control_chars
@@ -35,6 +36,7 @@ from nmt.data.corpus import Replacements, load_split
 from nmt.data.corpus import read_lines as read_utf8_lines
 from nmt.errors import UserError
 from nmt.evaluate import Scores, corpus_scores
+from nmt.models.base import MEAN_OF_LAST_LAYER, AttentionChoice
 from nmt.search import Hypothesis
 from nmt.translator import InputReport, Translator, describe_search, resolve_decode
 
@@ -67,13 +69,14 @@ def check_paths(settings: TranslateConfig) -> None:
             ("translate.output", settings.output),
             ("translate.nbest_tsv", settings.nbest_tsv),
             ("translate.attention_dir", settings.attention_dir),
+            ("translate.alignments", settings.alignments),
         )
         if value
     }
     source = named.get("translate.input")
     if source is not None and not source.is_file():
         raise UserError(f"input file {source} does not exist (translate.input)")
-    for key in ("translate.output", "translate.nbest_tsv"):
+    for key in ("translate.output", "translate.nbest_tsv", "translate.alignments"):
         if key in named and named[key].is_dir():
             raise UserError(f"{key}={named[key]} is a directory: give a file name")
     folder = named.get("translate.attention_dir")
@@ -99,21 +102,32 @@ def translate_file(
     attention_dir = Path(settings.attention_dir) if settings.attention_dir else None
     if attention_dir is not None:
         _make_folder(attention_dir, "translate.attention_dir")
+    # Alignments read the chosen layer and heads; heatmaps alone draw the last layer's mean.
+    chosen = settings.alignments or settings.alignment_layer is not None or settings.alignment_heads
+    attention = MEAN_OF_LAST_LAYER
+    if chosen:
+        attention = translator.attention_choice(settings.alignment_layer, settings.alignment_heads)
     source = open(input_path, "rb") if input_path else sys.stdin.buffer  # noqa: SIM115
     outputs = _Outputs()
     try:
         outputs.open(settings.output, "translate.output")
         outputs.open(settings.nbest_tsv, "translate.nbest_tsv")
+        outputs.open(settings.alignments, "translate.alignments")
         lines = read_lines(source, str(input_path or "<stdin>"), strict=settings.strict,
                            report=translator.report)  # fmt: skip
         results = translator.translate(lines, decode, max_tokens=settings.max_tokens,
                                         chunk_lines=settings.chunk_lines,
-                                        need_attention=attention_dir is not None)  # fmt: skip
-        for index, (_, nbest, src_ids) in enumerate(results):
+                                        need_attention=attention_dir is not None
+                                        or outputs.alignments is not None,
+                                        attention=attention)  # fmt: skip
+        for index, (text, nbest, src_ids) in enumerate(results):
             outputs.write(index, [(translator.detokenize(h), h.score) for h in nbest])
+            if outputs.alignments is not None:
+                links = translator.align(text, src_ids, nbest[0])
+                outputs.alignments.write(format_pharaoh(links) + "\n")
             if attention_dir is not None:
                 path = attention_dir / f"{index:06d}.png"  # the n-best TSV's index
-                save_attention(translator, path, src_ids, nbest[0], index)
+                save_attention(translator, path, src_ids, nbest[0], index, attention)
         outputs.commit()
     finally:
         outputs.close()
@@ -143,10 +157,16 @@ def read_lines(stream: BinaryIO, name: str, *, strict: bool, report: InputReport
 
 
 def save_attention(
-    translator: Translator, path: Path, src_ids: list[int], hypothesis: Hypothesis, index: int
+    translator: Translator,
+    path: Path,
+    src_ids: list[int],
+    hypothesis: Hypothesis,
+    index: int,
+    attention: AttentionChoice = MEAN_OF_LAST_LAYER,
 ) -> None:
     """A labelled heatmap PNG of one sentence's attention (target rows, source columns): the
-    RNN's additive attention, or the Transformer's last-layer cross-attention (head mean)."""
+    RNN's additive attention, or the Transformer's cross-attention of the layer and heads
+    `attention` picks (translate.alignment_layer/heads), by default the last layer's head mean."""
     attn = hypothesis.attn.numpy() if hypothesis.attn is not None else None
     if attn is None or attn.size == 0:
         return  # an empty source was not searched: nothing to draw
@@ -154,7 +174,11 @@ def save_attention(
     tgt_labels = translator.tgt_tokenizer.pieces(hypothesis.tokens)
     if hypothesis.eos:
         tgt_labels.append("</s>")
-    kind = "additive " if translator.ckpt_cfg.model.arch == "rnn" else "last-layer cross-"
+    kind = "additive "
+    if translator.ckpt_cfg.model.arch != "rnn":
+        num_layers = translator.ckpt_cfg.model.num_decoder_layers
+        heads = "" if attention.heads is None else f" (heads {list(attention.heads)})"
+        kind = f"layer {attention.layer % num_layers + 1}/{num_layers}{heads} cross-"
     title = f"sentence {index}: {kind}attention"
     viz.save_png(viz.heatmap(attn, src_labels, tgt_labels, title), path)
 
@@ -180,9 +204,10 @@ class _Outputs:
         self.files: list[TextIO] = []
         self.text: TextIO = sys.stdout
         self.nbest: TextIO | None = None
+        self.alignments: TextIO | None = None
 
     def open(self, target: str | None, key: str) -> None:
-        """Open the temporary file of `translate.output` or `translate.nbest_tsv` (`key`)."""
+        """Open the temporary file of `translate.output`, `.nbest_tsv` or `.alignments` (`key`)."""
         if not target:
             return
         path = Path(target)
@@ -196,6 +221,8 @@ class _Outputs:
         self.files.append(file)
         if key == "translate.output":
             self.text = file
+        elif key == "translate.alignments":
+            self.alignments = file
         else:
             self.nbest = file
 

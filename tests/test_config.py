@@ -204,6 +204,10 @@ OUT_OF_RANGE = [
     ("decode.max_len_a=0", None),
     ("decode.nbest=5", None),
     ("data.spm.model_type=char", None),
+    ("translate.alignment_heads=[0,2]", None),
+    ("translate.alignment_heads=[]", "translate.alignment_heads=[] must list distinct head"),
+    ("translate.alignment_heads=[1,1]", "translate.alignment_heads=[1, 1] must list distinct"),
+    ("translate.alignment_heads=[-1]", "translate.alignment_heads=[-1] must list distinct"),
 ]
 
 

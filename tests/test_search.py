@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.models import build_model
-from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
+from nmt.models.base import AttentionChoice, DecoderOutput, Memory, Seq2Seq, State
 from nmt.search import (
     Hypothesis,
     SearchResult,
@@ -446,3 +446,27 @@ def test_search_imports_only_the_contract() -> None:
             imported.update(alias.name for alias in node.names)
     allowed = {"nmt.models.base", "nmt.vocab", "nmt.config", "nmt.data.batching", "nmt.device"}
     assert {name for name in imported if name.startswith("nmt")} <= allowed
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+@pytest.mark.parametrize("kind", ["rnn", "transformer"])
+def test_the_chosen_layer_and_heads_travel_with_the_hypotheses(kind: str, beam_size: int) -> None:
+    # translate.alignment_layer/heads: search carries that layer's attention over those heads,
+    # step by step and through the beams' reordering, as full decoding of the output gives it.
+    model = build_random_model(kind, seed=13)
+    choices = [AttentionChoice(0, (0,))] if kind == "rnn" else [
+        AttentionChoice(0), AttentionChoice(-1, (1,)), AttentionChoice(1, (0, 1))]  # fmt: skip
+    lengths = [3, 7]
+    src, mask = random_batch(lengths, seed=8)
+    cfg = DecodeConfig(beam_size=beam_size, nbest=beam_size, max_len_b=2)
+    for choice in choices:
+        result = search(model, src, mask, cfg, need_attention=True, attention=choice)
+        for i, (length, hyps) in enumerate(zip(lengths, result.nbest)):
+            for hyp in hyps:
+                steps = [*hyp.tokens, EOS_ID] if hyp.eos else hyp.tokens
+                tgt_in = torch.tensor([[BOS_ID, *steps[:-1]]])
+                with torch.no_grad():
+                    out = model(src[None, i, :length], mask[None, i, :length], tgt_in, True)
+                heads = list(choice.heads) if choice.heads else slice(None)
+                expected = out.layer_attn[choice.layer][0, heads].mean(0)
+                torch.testing.assert_close(hyp.attn, expected.float(), atol=1e-5, rtol=1e-4)

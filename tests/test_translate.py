@@ -16,6 +16,7 @@ import pytest
 import sacrebleu
 
 from nmt import search as search_module
+from nmt.alignment import parse_pharaoh
 from nmt.checkpoint import load_checkpoint
 from nmt.config import Config, DecodeConfig, EvaluateConfig, TranslateConfig
 from nmt.errors import UserError
@@ -134,6 +135,9 @@ def test_paths_that_would_fail_late_are_refused_before_translating(tmp_path: Pat
          r"translate\.nbest_tsv=.* is the same path as translate\.output"),
         ({"nbest_tsv": str(tmp_path / "folder")}, "nbest_tsv=.* is a directory"),
         ({"attention_dir": str(source)}, r"translate\.attention_dir=.* is a file"),
+        ({"alignments": str(tmp_path / "folder")}, r"translate\.alignments=.* is a directory"),
+        ({"output": str(tmp_path / "o"), "alignments": str(tmp_path / "o")},
+         r"translate\.alignments=.* is the same path as translate\.output"),
         ({"input": str(tmp_path / "missing.txt")}, r"input file .*missing\.txt does not exist"),
     ):  # fmt: skip
         full = {"ckpt": "never-loaded.pt", "input": str(source), **settings}
@@ -334,3 +338,54 @@ def test_tune_decoding_scores_the_validation_split_per_setting(trained, tmp_path
     )
     assert record["rows"][0]["bleu"] == pytest.approx(greedy["results"][0]["bleu"])
     assert "<- best" in done.stdout
+
+
+@pytest.fixture(scope="module", params=["rnn", "transformer"])
+def barely_trained(request, tmp_path_factory) -> Path:
+    """A run directory whose model trained one step: its outputs are long (the toy `trained`
+    ends most sentences at once), which gives alignments many words to link."""
+    tmp_path = tmp_path_factory.mktemp(f"barely_{request.param}")
+    train(tiny_config(tmp_path, request.param, max_steps=1, validate_every=1), tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_word_alignments_file(barely_trained: Path, tmp_path: Path):
+    """`translate.alignments=FILE`: a Pharaoh line per input line, one link per output word to a
+    word of the (cleaned, possibly truncated) source, in greedy and beam search; empty lines
+    give empty lines."""
+    lines = [b"alpha beta gamma", b"", b"   \t ", b"delta " * 300, b"caf\xe9 \x07 mu", b"nu  xi"]
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    sources = source.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]
+    for beam_size in (1, 3):
+        output, alignments = tmp_path / f"out{beam_size}.txt", tmp_path / f"out{beam_size}.align"
+        settings = TranslateConfig(ckpt=str(barely_trained), input=str(source), output=str(output),
+                                   alignments=str(alignments), max_tokens=200)  # fmt: skip
+        translate_file(settings, decode_overrides={"beam_size": beam_size})
+        outputs = output.read_text(encoding="utf-8").split("\n")[:-1]
+        rows = alignments.read_text(encoding="utf-8").split("\n")[:-1]
+        assert len(rows) == len(lines) and rows[1] == rows[2] == ""
+        assert any(out.split() for out in outputs)  # not vacuous
+        for src, out, row in zip(sources, outputs, rows):
+            links = parse_pharaoh(row)
+            assert sorted(j for _, j in links) == list(range(len(out.split())))
+            assert all(i < len(src.split()) for i, _ in links)
+        assert all(i < 198 for i, _ in parse_pharaoh(rows[3]))  # past the truncation: no links
+    if "rnn" in str(barely_trained):
+        with pytest.raises(UserError, match=r"alignment_layer=1 is out of range: .* 1 attention"):
+            translate_file(dataclasses.replace(settings, alignment_layer=1))
+        return
+    # another layer and heads: the same translations, links of their own
+    other = dataclasses.replace(settings, output=str(tmp_path / "other.txt"),
+                                alignments=str(tmp_path / "other.align"),
+                                alignment_layer=0, alignment_heads=[1])  # fmt: skip
+    translate_file(other, decode_overrides={"beam_size": 3})
+    assert (tmp_path / "other.txt").read_text() == output.read_text()
+    assert (tmp_path / "other.align").read_text() != alignments.read_text()
+    for change, message in (
+        ({"alignment_layer": 2}, r"translate\.alignment_layer=2 is out of range: .* 2 attention"),
+        ({"alignment_layer": -3}, r"translate\.alignment_layer=-3 is out of range"),
+        ({"alignment_heads": [2]}, r"translate\.alignment_heads=\[2\] is out of range: .* 2 head"),
+    ):
+        with pytest.raises(UserError, match=message):
+            translate_file(dataclasses.replace(settings, **change))

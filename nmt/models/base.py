@@ -47,6 +47,31 @@ class DecoderOutput:
     layer_attn: tuple[Tensor, ...] | None = None
 
 
+@dataclass(frozen=True)
+class AttentionChoice:
+    """Which cross-attention to read from a `DecoderOutput`: decoder layer `layer` (negative
+    counts from the last, as in Python) averaged over `heads` (None = all). The default is
+    `DecoderOutput.attn`; word alignments may read another layer (nmt.alignment)."""
+
+    layer: int = -1
+    heads: tuple[int, ...] | None = None
+
+    def of(self, out: DecoderOutput) -> Tensor:
+        """(B, T, S) attention of the chosen layer and heads, from a `decode` call with
+        need_attention=True: `out.attn` itself for the default, else from `out.layer_attn`."""
+        if self.layer == -1 and self.heads is None:
+            assert out.attn is not None, "decode with need_attention=True"
+            return out.attn
+        assert out.layer_attn is not None, "decode with need_attention=True"
+        weights = out.layer_attn[self.layer]  # (B, N, T, S)
+        if self.heads is not None:
+            weights = weights[:, list(self.heads)]
+        return weights.mean(dim=1)
+
+
+MEAN_OF_LAST_LAYER = AttentionChoice()  # what `DecoderOutput.attn` holds
+
+
 class Seq2Seq(nn.Module, ABC):
     """An encoder-decoder translation model."""
 

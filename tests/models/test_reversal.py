@@ -11,8 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.config import ModelConfig, SpmConfig
+from nmt.alignment import word_links
+from nmt.config import DecodeConfig, ModelConfig, SpmConfig
 from nmt.models import Seq2Seq, build_model
+from nmt.models.base import AttentionChoice
+from nmt.search import search_in_order
 from nmt.tokenizer import Tokenizer, train_tokenizer
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 from tests.toy import WORD_VOCAB_SIZE, WORDS, toy_pairs
@@ -178,3 +181,29 @@ def test_attention_is_the_anti_diagonal(trained: Seq2Seq, tokenizer: Tokenizer) 
     words = position < batch.lengths[:, None]  # target words, not EOS or padding
     aligned = (attn.argmax(-1) == mirrored)[words].float().mean().item()
     assert aligned >= 0.99, f"attention picks the mirrored source word for {aligned:.1%}"
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_word_alignments_are_the_reversal(trained: Seq2Seq, tokenizer: Tokenizer, beam_size: int):
+    """What `nmt translate translate.alignments=FILE` writes, through greedy and beam search:
+    for >= 99% of the output words of held-out sentences, the one link is to the mirrored source
+    word (output word j of n to source word n - 1 - j). The Transformer's layer is its last
+    (translate.alignment_layer=-1), the one that aligns on this task (see above); on Multi30k the
+    first aligned best, which is why it is the command's default (README)."""
+    seen = set(toy_pairs(NUM_TRAIN, seed=0))
+    sources = [src for src, tgt in toy_pairs(NUM_HELD_OUT, seed=99) if (src, tgt) not in seen]
+    src_ids = tokenizer.encode(sources)
+    cfg = DecodeConfig(beam_size=beam_size, length_penalty=1.0)
+    found = search_in_order(trained, src_ids, cfg, device=torch.device("cpu"),
+                            precision=torch.float32, max_tokens=1024, need_attention=True,
+                            attention=AttentionChoice(layer=-1))  # fmt: skip
+    num_words = num_mirrored = 0
+    for text, ids, nbest in zip(sources, src_ids, found):
+        best = nbest[0]
+        src_words = tokenizer.source_words(text)[: len(ids)]
+        links = word_links(best.attn, src_words, tokenizer.output_words(best.tokens))
+        out_len, src_len = len(tokenizer.decode([best.tokens])[0].split()), len(text.split())
+        assert sorted(j for _, j in links) == list(range(out_len))  # one link per output word
+        num_words += out_len
+        num_mirrored += sum(i == src_len - 1 - j for i, j in links)
+    assert num_mirrored / num_words >= 0.99, f"{num_mirrored} of {num_words} words mirrored"
