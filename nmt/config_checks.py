@@ -34,6 +34,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("inverse_sqrt", "linear", "plateau", "constant"),
     "translate.device": ("auto", "cpu", "cuda"),
     "translate.precision": ("auto", "fp32", "bf16", "fp16"),
+    "translate.engine": ("torch", "ctranslate2"),
+    "export.quantization": ("none", "int8", "int8_float32", "float16"),
 }
 
 # A test on a value and the words that say what passes it ("a number >= 1").
@@ -144,6 +146,11 @@ def _check_combinations(cfg: ConfigLike) -> None:
         raise UserError(
             f"data.tsv_columns={cfg.data.tsv_columns} must name two columns, source then "
             "target: e.g. data.tsv_columns=[0,1]"
+        )
+    if cfg.translate.engine == "ctranslate2" and cfg.translate.attention_dir:
+        raise UserError(
+            "translate.attention_dir draws nmt's own attention: leave it out with "
+            "translate.engine=ctranslate2, or translate the checkpoint with translate.engine=torch"
         )
     train = cfg.train
     if train.schedule == "linear" and train.max_steps is train.max_epochs is train.max_time is None:

@@ -48,6 +48,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
+    @property
+    def model_proto(self) -> bytes:
+        """The serialized SentencePiece model, as checkpoints and exports carry it."""
+        return self._sp.serialized_model_proto()
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int)
 
@@ -58,6 +63,10 @@ class Tokenizer:
     def pieces(self, ids: Sequence[int]) -> list[str]:
         """Subword strings of one sequence, for labelling attention heatmaps."""
         return [self._sp.id_to_piece(int(i)) for i in ids]
+
+    def vocabulary(self) -> list[str]:
+        """Every piece, in id order (piece i has id i)."""
+        return [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
 
 
 def train_tokenizer(texts: Iterable[str], model_prefix: str | Path, cfg: SpmConfig) -> Tokenizer:
