@@ -5,6 +5,7 @@ keeps the translate command's one-line-per-input policy, and an RNN is refused i
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from nmt.tokenizer import Tokenizer, train_tokenizer
 from nmt.translate import translate_file
 from nmt.translator import Translator
 from tests.conftest import TINY_MODEL_CONFIG
+from tests.test_bench import run_script
 from tests.toy import toy_pairs
 
 pytest.importorskip("ctranslate2", reason="ctranslate2 is an optional extra: nmt[ctranslate2]")
@@ -164,3 +166,20 @@ def test_export_command_refuses_an_rnn_in_one_line(tmp_path: Path, tokenizers):
     errors = [line for line in done.stderr.splitlines() if line.startswith("nmt: error:")]
     assert len(errors) == 1 and "CTranslate2 has no RNN decoder" in errors[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_bench_script_times_and_scores_the_three_engines(tmp_path: Path, tokenizers):
+    ckpt = write_checkpoint(tmp_path / "tf.pt", tokenizers)
+    pairs = toy_pairs(6, seed=9)
+    (tmp_path / "src.txt").write_text("".join(f"{s}\n" for s, _ in pairs), encoding="utf-8")
+    (tmp_path / "ref.txt").write_text("".join(f"{t}\n" for _, t in pairs), encoding="utf-8")
+    out = tmp_path / "bench.json"
+    stdout = run_script("bench_ct2.py", "--ckpt", str(ckpt), "--src", str(tmp_path / "src.txt"),
+                        "--ref", str(tmp_path / "ref.txt"), "--beam", "2", "--threads", "1",
+                        "--slices", "3", "--export-dir", str(tmp_path / "exports"),
+                        "--output", str(out))  # fmt: skip
+    record = json.loads(out.read_text())
+    assert [row["engine"] for row in record["results"]] == ["nmt", "ct2 fp32", "ct2 int8"]
+    assert all(row["sentences_per_s"] > 0 for row in record["results"])
+    assert record["results"][0]["same_as_nmt"] == 1.0 and record["sentences"] == len(pairs)
+    assert record["cpu"] in stdout and "BLEU signature" in stdout
