@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from nmt.checkpoint import save_checkpoint
-from nmt.config import Config, DecodeConfig, TranslateConfig
+from nmt.config import Config, DecodeConfig, ExportConfig, TranslateConfig
+from nmt.config_checks import check_config
 from nmt.errors import UserError
 from nmt.models import build_model
 from nmt.tokenizer import Tokenizer, train_tokenizer
@@ -183,3 +184,14 @@ def test_bench_script_times_and_scores_the_three_engines(tmp_path: Path, tokeniz
     assert all(row["sentences_per_s"] > 0 for row in record["results"])
     assert record["results"][0]["same_as_nmt"] == 1.0 and record["sentences"] == len(pairs)
     assert record["cpu"] in stdout and "BLEU signature" in stdout
+
+
+def test_settings_the_engine_cannot_honour_are_refused_up_front():
+    cfg = Config(translate=TranslateConfig(engine="ctranslate2", attention_dir="heatmaps"))
+    cfg.data.root = "unused"
+    with pytest.raises(UserError, match="own attention: leave it out with"):
+        check_config(cfg)
+    cfg = Config(export=ExportConfig(quantization="int4"))
+    cfg.data.root = "unused"
+    with pytest.raises(UserError, match=r"export\.quantization=int4 is not a choice"):
+        check_config(cfg)
