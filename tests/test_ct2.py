@@ -5,6 +5,7 @@ keeps the translate command's one-line-per-input policy, and an RNN is refused i
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import subprocess
@@ -84,8 +85,11 @@ def sources() -> list[str]:
     return [src for src, _ in toy_pairs(20, seed=5)] + ["alpha Zürich beta", "xi"]
 
 
-def greedy_outputs(translator: Translator) -> list[tuple[list[int], bool]]:
-    results = translator.translate(sources(), GREEDY, **BUDGET)
+def greedy_outputs(
+    translator: Translator, lines: list[str] | None = None
+) -> list[tuple[list[int], bool]]:
+    """Token ids and EOS flag of each greedy output (of `sources()` unless `lines`)."""
+    results = translator.translate(lines or sources(), GREEDY, **BUDGET)
     return [(nbest[0].tokens, nbest[0].eos) for _, nbest, _ in results]
 
 
@@ -102,6 +106,23 @@ def test_exported_model_searches_greedily_as_nmt(
     assert exported.step == 7 and exported.ckpt_cfg.model.norm_first == norm_first
     assert greedy_outputs(exported) == expected
     assert sum(len(tokens) for tokens, _ in expected) > 5 * len(expected)  # not trivially short
+
+
+@pytest.mark.multi30k
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre-norm", "post-norm"])
+@pytest.mark.parametrize("tie_embeddings", [True, False], ids=["tied", "untied"])
+def test_exported_model_searches_multi30k_val_greedily_as_nmt(
+    tmp_path: Path, tokenizers, multi30k_root: Path, norm_first: bool, tie_embeddings: bool
+):
+    """Real sentences (German through the toy vocabulary: mostly byte pieces, many truncated
+    at max_positions), the first 40 of val."""
+    with gzip.open(multi30k_root / "val.de.gz", "rt", encoding="utf-8") as file:
+        lines = [next(file).rstrip("\n") for _ in range(40)]
+    ckpt = write_checkpoint(tmp_path / "model.pt", tokenizers, norm_first=norm_first,
+                            tie_embeddings=tie_embeddings)  # fmt: skip
+    folder = export_checkpoint(ckpt, tmp_path / "ct2", quantization="none")
+    expected = greedy_outputs(Translator.load(ckpt, device="cpu", precision="fp32"), lines)
+    assert greedy_outputs(load_export(folder, device="cpu", precision="auto"), lines) == expected
 
 
 def test_learned_positions_and_int8_weights_export(tmp_path: Path, tokenizers):
