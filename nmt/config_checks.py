@@ -123,6 +123,11 @@ def check_config(cfg: ConfigLike) -> None:
 
 def _check_combinations(cfg: ConfigLike) -> None:
     """Settings that are each fine but do not go together."""
+    if cfg.translate.engine == "ctranslate2" and cfg.translate.attention_dir:
+        raise UserError(
+            "translate.attention_dir draws nmt's own attention: leave it out with "
+            "translate.engine=ctranslate2, or translate the checkpoint with translate.engine=torch"
+        )
     decode, model = cfg.decode, cfg.model
     if not 1 <= decode.nbest <= decode.beam_size:
         raise UserError(
@@ -146,11 +151,6 @@ def _check_combinations(cfg: ConfigLike) -> None:
         raise UserError(
             f"data.tsv_columns={cfg.data.tsv_columns} must name two columns, source then "
             "target: e.g. data.tsv_columns=[0,1]"
-        )
-    if cfg.translate.engine == "ctranslate2" and cfg.translate.attention_dir:
-        raise UserError(
-            "translate.attention_dir draws nmt's own attention: leave it out with "
-            "translate.engine=ctranslate2, or translate the checkpoint with translate.engine=torch"
         )
     train = cfg.train
     if train.schedule == "linear" and train.max_steps is train.max_epochs is train.max_time is None:
