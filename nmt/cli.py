@@ -1,4 +1,4 @@
-"""The `nmt` command: `nmt <data|train|translate|evaluate> [Hydra overrides]`.
+"""The `nmt` command: `nmt <data|train|translate|evaluate|export> [Hydra overrides]`.
 
 Thin entry points over the library: compose the config with Hydra, turn it into typed
 dataclasses, call one library function, and print a user mistake (`UserError`, a missing or
@@ -36,6 +36,7 @@ commands:
   train      train a model (prepares the data first if needed); one run directory per run
   translate  translate a file or stdin with a trained checkpoint
   evaluate   translate the test sets and score them with sacreBLEU
+  export     write a Transformer checkpoint as a CTranslate2 model folder (export.output)
 
 Overrides are Hydra's: `nmt train model=rnn_bahdanau train.max_epochs=5`.
 `nmt <command> --help` lists the config groups and the composed config."""
@@ -198,6 +199,21 @@ def evaluate_command(dict_cfg: DictConfig) -> None:
         print(f"wrote {record['path']}")
 
 
+def export_command(dict_cfg: DictConfig) -> None:
+    """Write `translate.ckpt` as a CTranslate2 folder `export.output`, with its search settings
+    (and any decode.* typed here) for `translate.engine=ctranslate2` to start from."""
+    cfg, overrides = _inference_config(dict_cfg, "export")
+    from nmt.ct2_export import export_checkpoint
+
+    with user_errors():
+        if cfg.translate.ckpt is None or cfg.export.output is None:
+            raise UserError("nmt export needs translate.ckpt=<checkpoint> export.output=<folder>")
+        folder = export_checkpoint(cfg.translate.ckpt, cfg.export.output,
+                                   quantization=cfg.export.quantization,
+                                   decode_overrides=overrides)  # fmt: skip
+        print(f"wrote {folder}")
+
+
 def _inference_config(dict_cfg: DictConfig, command: str) -> tuple[Config, dict[str, Any]]:
     """The typed config and the typed decode overrides; refused overrides end here, before
     the heavy imports of the command."""
@@ -213,6 +229,7 @@ COMMANDS: dict[str, tuple[Callable[[DictConfig], None], list[str]]] = {
     "train": (train_command, []),
     "translate": (translate_command, NO_RUN_DIR),
     "evaluate": (evaluate_command, NO_RUN_DIR),
+    "export": (export_command, NO_RUN_DIR),
 }
 
 

@@ -201,6 +201,9 @@ class TranslateConfig:
     # the last; null = the first, best on Multi30k val, see README) and heads (null = all, mean)
     alignment_layer: int | None = None
     alignment_heads: list[int] | None = None
+    # torch: translate.ckpt is a checkpoint; ctranslate2: an `nmt export` directory, decoded by
+    # CTranslate2 (pip install nmt[ctranslate2]).
+    engine: str = "torch"
 
 
 @dataclass
@@ -214,6 +217,15 @@ class EvaluateConfig:
 
 
 @dataclass
+class ExportConfig:
+    """`nmt export`: a Transformer checkpoint (`translate.ckpt`) as a CTranslate2 model folder."""
+
+    output: str | None = None  # the folder to write (a previous export there is replaced)
+    # Weights as saved: none (float32) | int8 | int8_float32 | float16 (CTranslate2's names).
+    quantization: str = "none"
+
+
+@dataclass
 class Config:
     """The whole composed configuration of one run."""
 
@@ -223,6 +235,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     name: str = "default"  # experiment name; runs go to runs/<name>/<timestamp>
 
 

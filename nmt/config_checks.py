@@ -34,6 +34,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("inverse_sqrt", "linear", "plateau", "constant"),
     "translate.device": ("auto", "cpu", "cuda"),
     "translate.precision": ("auto", "fp32", "bf16", "fp16"),
+    "translate.engine": ("torch", "ctranslate2"),
+    "export.quantization": ("none", "int8", "int8_float32", "float16"),
 }
 
 # `datasets`' builders that read local files (`data.hub_path=json` with `data.hub_data_files`):
@@ -126,6 +128,14 @@ def check_config(cfg: ConfigLike) -> None:
 
 def _check_combinations(cfg: ConfigLike) -> None:
     """Settings that are each fine but do not go together."""
+    translate = cfg.translate
+    for key in ("attention_dir", "alignments"):
+        if translate.engine == "ctranslate2" and getattr(translate, key):
+            raise UserError(
+                f"translate.{key} reads nmt's own attention: leave it out with "
+                "translate.engine=ctranslate2, or translate the checkpoint with "
+                "translate.engine=torch"
+            )
     decode, model = cfg.decode, cfg.model
     if not 1 <= decode.nbest <= decode.beam_size:
         raise UserError(

@@ -48,6 +48,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
+    @property
+    def model_proto(self) -> bytes:
+        """The serialized SentencePiece model, as checkpoints and exports carry it."""
+        return self._sp.serialized_model_proto()
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int)
 
@@ -70,6 +75,10 @@ class Tokenizer:
         their detokenized text (`decode`) it belongs to (None: whitespace alone, at the end)."""
         mapping = self._sp.decode(list(ids), return_type="offset_mapping")
         return _words_of_pieces(mapping["text"], mapping["offsets"])
+
+    def vocabulary(self) -> list[str]:
+        """Every piece, in id order (piece i has id i)."""
+        return [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
 
 
 def _words_of_pieces(text: str, offsets: Sequence[tuple[int, int]]) -> list[int | None]:

@@ -30,6 +30,7 @@ import datasets
 from nmt import viz
 from nmt.alignment import format_pharaoh
 from nmt.config import DecodeConfig, EvaluateConfig, TranslateConfig
+from nmt.ct2_engine import load_export
 from nmt.data.batching import column
 from nmt.data.clean import has_control_chars
 from nmt.data.corpus import Replacements, load_split
@@ -46,12 +47,13 @@ log = logging.getLogger(__name__)
 def _start(
     settings: TranslateConfig, decode_overrides: Mapping[str, Any] | None
 ) -> tuple[Translator, DecodeConfig]:
-    """Load `translate.ckpt` and merge its search settings with the typed `decode_overrides`;
+    """Load `translate.ckpt` (a checkpoint, or an `nmt export` folder with
+    translate.engine=ctranslate2) and merge its search settings with the typed `decode_overrides`;
     log which checkpoint and which search, so a score or a file can be traced to both."""
     if settings.ckpt is None:
         raise UserError("translate.ckpt is required: a checkpoint file or a run directory")
-    translator = Translator.load(settings.ckpt, device=settings.device,
-                                 precision=settings.precision)  # fmt: skip
+    load = load_export if settings.engine == "ctranslate2" else Translator.load
+    translator = load(settings.ckpt, device=settings.device, precision=settings.precision)
     decode, origins = resolve_decode(translator.ckpt_cfg.decode, decode_overrides or {})
     log.info("%s", describe_search(decode, origins))
     return translator, decode

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from omegaconf.errors import OmegaConfBaseException
@@ -37,7 +37,7 @@ DEFAULT_ALIGNMENT_LAYER = 0
 
 # Sections of a saved config that describe the command that trained, not the model: the
 # checkpoint is no authority on them (and older checkpoints hold keys since moved).
-_COMMAND_SECTIONS = ("translate", "evaluate")
+_COMMAND_SECTIONS = ("translate", "evaluate", "export")
 
 
 @dataclasses.dataclass
@@ -100,12 +100,26 @@ def describe_search(decode: DecodeConfig, origins: Mapping[str, str]) -> str:
     return "search: " + ", ".join(parts)
 
 
+class SearchEngine(Protocol):
+    """Searches outside nmt's own model (`nmt.ct2_engine`): everything else a `Translator`
+    does (cleaning, truncation, detokenization, the commands' file handling) stays the same."""
+
+    def search(
+        self, src_ids: Sequence[list[int]], decode: DecodeConfig, *, max_tokens: int
+    ) -> list[list[Hypothesis]]:
+        """The n-best list of every source (ids without EOS), in the order of `src_ids`, as
+        `nmt.search.search_in_order` returns it."""
+        ...
+
+
 @dataclasses.dataclass
 class Translator:
     """A model rebuilt from a checkpoint alone, with its tokenizers and the config it trained
-    with; counts what cleaning had to do to the lines it translates (`report`)."""
+    with; counts what cleaning had to do to the lines it translates (`report`).
 
-    model: Seq2Seq
+    With an `engine` (an exported model), the engine searches and `model` is None."""
+
+    model: Seq2Seq | None
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
     ckpt_cfg: Config  # the checkpoint's own configuration (command sections dropped)
@@ -114,6 +128,7 @@ class Translator:
     device: torch.device
     precision: torch.dtype
     report: InputReport = dataclasses.field(default_factory=InputReport)
+    engine: SearchEngine | None = None
 
     @classmethod
     def load(cls, ckpt: str | Path, *, device: str, precision: str) -> Translator:
@@ -181,10 +196,13 @@ class Translator:
         for chunk in chunks(lines, chunk_lines):
             texts = [self._clean(line) for line in chunk]
             src_ids = self.encode(texts, decode, max_tokens)
-            found = search_in_order(self.model, src_ids, decode, device=self.device,
-                                    precision=self.precision, max_tokens=max_tokens,
-                                    need_attention=need_attention,
-                                    attention=attention)  # fmt: skip
+            if self.engine is not None:  # config_checks refuses attention with an engine
+                found = self.engine.search(src_ids, decode, max_tokens=max_tokens)
+            else:
+                found = search_in_order(self.model, src_ids, decode, device=self.device,
+                                        precision=self.precision, max_tokens=max_tokens,
+                                        need_attention=need_attention,
+                                        attention=attention)  # fmt: skip
             yield from zip(texts, found, src_ids)
 
     def _clean(self, line: str) -> str:
