@@ -18,16 +18,16 @@ import logging
 import os
 import re
 import shutil
-import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from nmt.config import DataConfig
-from nmt.data.batching import column
+from nmt.data.batching import column, length_array
 from nmt.data.clean import DROP_RULES, clean
 from nmt.data.corpus import load_split, split_signature
 from nmt.data.sources import load_source, naming, source_signature
@@ -139,8 +139,8 @@ def _build(cfg: DataConfig, path: Path) -> None:
             splits[name] = split.map(
                 encoder, batched=True, num_proc=_num_proc(cfg, len(split)), desc=f"encode {name}"
             )
-            split_stats[name]["avg_src_subwords"] = _mean(column(splits[name], "src_len"))
-            split_stats[name]["avg_tgt_subwords"] = _mean(column(splits[name], "tgt_len"))
+            split_stats[name]["avg_src_subwords"] = _mean(length_array(splits[name], "src_len"))
+            split_stats[name]["avg_tgt_subwords"] = _mean(length_array(splits[name], "tgt_len"))
         splits.save_to_disk(str(tmp / "splits"))
         meta = {
             "fingerprint": path.name.rsplit("-", 1)[-1],
@@ -322,9 +322,9 @@ class _Encoder:
         }
 
 
-def _mean(values: list[int]) -> float:
+def _mean(values: np.ndarray) -> float:
     """Rounded for meta.json and the table, where more digits are noise."""
-    return round(statistics.fmean(values), 2)
+    return round(float(values.mean()), 2)
 
 
 def format_stats(data: PreparedData) -> str:
@@ -335,16 +335,20 @@ def format_stats(data: PreparedData) -> str:
     indented row per training source.
     """
     stats = data.stats
+    # One column per rule of DROP_RULES, in its order.
+    rules = {"empty": "empty", "too_long": "long", "ratio": "ratio", "identical": "same",
+             "non_letter": "nonlet", "duplicate": "dup"}  # fmt: skip
     lines = [
-        f"{'split':<20} {'read':>8} {'kept':>8} {'empty':>6} {'long':>6} {'ratio':>6}"
-        f" {'src sw':>7} {'tgt sw':>7}"
+        f"{'split':<20} {'read':>9} {'kept':>9}"
+        + "".join(f" {rules[rule]:>6}" for rule in DROP_RULES)
+        + f" {'src sw':>7} {'tgt sw':>7}"
     ]
     for name, split in stats["splits"].items():
         dropped = split["dropped"]
         lines.append(
-            f"{name:<20} {split['pairs_read']:>8} {split['pairs_kept']:>8} {dropped['empty']:>6}"
-            f" {dropped['too_long']:>6} {dropped['ratio']:>6} {split['avg_src_subwords']:>7.2f}"
-            f" {split['avg_tgt_subwords']:>7.2f}"
+            f"{name:<20} {split['pairs_read']:>9} {split['pairs_kept']:>9}"
+            + "".join(f" {dropped[rule]:>6}" for rule in DROP_RULES)
+            + f" {split['avg_src_subwords']:>7.2f} {split['avg_tgt_subwords']:>7.2f}"
         )
         for source, counts in split.get("sources", {}).items():  # data.train_sources
             dropped = counts["dropped"]
