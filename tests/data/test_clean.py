@@ -103,3 +103,7 @@ def test_clean_keeps_extra_columns_with_the_kept_rows():
     dataset = make_pairs([("a", "b"), ("", "c"), ("d", "e")]).add_column("ref", ["1", "2", "3"])
     kept, _ = clean(dataset, CleanConfig(), num_proc=2)
     assert kept["ref"] == ["1", "3"] and kept.column_names == ["src", "tgt", "ref"]
+
+
+def test_combining_marks_count_as_letters():
+    assert non_letter_share(["नमस्ते दुनिया", "Cafe\u0301"]) == [0.0, 0.0]
