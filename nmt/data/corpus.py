@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import datasets
 import pyarrow as pa
+from datasets.exceptions import DatasetGenerationError
 
 from nmt.config import DataConfig
 from nmt.config_checks import LOCAL_BUILDERS

@@ -367,8 +367,8 @@ def format_stats(data: PreparedData) -> str:
         for source, counts in split.get("sources", {}).items():  # data.train_sources
             dropped = counts["dropped"]
             lines.append(
-                f"{'  ' + source:<20} {counts['pairs_read']:>8} {counts['pairs_kept']:>8}"
-                f" {dropped['empty']:>6} {dropped['too_long']:>6} {dropped['ratio']:>6}"
+                f"{'  ' + source:<20} {counts['pairs_read']:>9} {counts['pairs_kept']:>9}"
+                + "".join(f" {dropped[rule]:>6}" for rule in DROP_RULES)
             )
     vocab = (
         f"joint vocabulary {stats['src_vocab_size']}"
