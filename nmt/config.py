@@ -34,6 +34,11 @@ class CleanConfig:
     max_chars: int = 1000  # drop a pair if either side is longer (characters)
     max_ratio: float = 3.0  # drop a pair if one side is this many times longer than the other
     ratio_min_chars: int = 20  # ...but only judge the ratio once the longer side has this many
+    drop_identical: bool = True  # drop a pair whose source equals its target (copied text)
+    # Drop a pair if more than this share of either side's non-space characters are not
+    # letters (digits, punctuation, symbols: tables, URLs, markup); 1.0 keeps every pair.
+    max_non_letter: float = 0.5
+    drop_duplicates: bool = False  # keep only the first of exactly equal (normalized) pairs
     on_decode_error: str = "error"  # undecodable bytes: error (name file and line) | replace
 
 

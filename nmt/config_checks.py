@@ -78,6 +78,7 @@ RULES: list[tuple[str, Check, str]] = [
     ("data.clean.max_chars", at_least(1), ""),
     ("data.clean.max_ratio", at_least(1), ""),  # longer/shorter is never below 1
     ("data.clean.ratio_min_chars", at_least(0), ""),
+    ("data.clean.max_non_letter", fraction(one=True), ""),
     ("data.spm.vocab_size", at_least(5), ""),  # 4 special pieces and one more
     ("data.spm.character_coverage", fraction(one=True), ""),
     ("data.spm.input_sentence_size", at_least(0), ""),  # SentencePiece reads 0 as "all"

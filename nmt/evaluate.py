@@ -19,7 +19,7 @@ from torch import Tensor
 
 from nmt.config import Config
 from nmt.data import PreparedData
-from nmt.data.batching import column, iterate_batches, plan_batches
+from nmt.data.batching import column, iterate_batches, length_array, plan_batches
 from nmt.device import autocast
 from nmt.models.base import Seq2Seq
 from nmt.search import search_in_order
@@ -93,7 +93,7 @@ def split_loss(
     model.eval()
     total, num_tokens = 0.0, 0
     plan = plan_batches(
-        column(split, "src_len"), column(split, "tgt_len"), max_tokens, pad_multiple
+        length_array(split, "src_len"), length_array(split, "tgt_len"), max_tokens, pad_multiple
     )
     for batch in iterate_batches(split, plan, pad_multiple):
         batch = batch.to(device)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+
+import numpy as np
 
 from nmt.config import TrainConfig
 from nmt.data.batching import padding_stats, plan_batches, shard
@@ -40,12 +41,12 @@ class Progress:
 
 def epoch_plan(
     cfg: TrainConfig,
-    src_lens: Sequence[int],
-    tgt_lens: Sequence[int],
+    src_lens: np.ndarray,
+    tgt_lens: np.ndarray,
     epoch: int,
     rank: int,
     world_size: int,
-) -> list[list[int]]:
+) -> list[np.ndarray]:
     """This rank's batches (row indices) of `epoch`, a whole number of accumulation groups.
 
     The order is a pure function of (train.seed, epoch): a resumed run skips the batches its
@@ -67,7 +68,7 @@ def epoch_plan(
 
 
 def total_steps(
-    cfg: TrainConfig, src_lens: Sequence[int], tgt_lens: Sequence[int], world_size: int
+    cfg: TrainConfig, src_lens: np.ndarray, tgt_lens: np.ndarray, world_size: int
 ) -> int | None:
     """The step limit: max_steps, or what max_epochs amount to (for the linear schedule and
     the time left on the console)."""

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import math
 import random
-import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,7 +39,7 @@ from nmt.checkpoint import (
 )
 from nmt.config import Config, check_config
 from nmt.data import PreparedData, format_stats, prepare
-from nmt.data.batching import Batch, chunks, column, iterate_batches
+from nmt.data.batching import Batch, chunks, iterate_batches, length_array
 from nmt.device import autocast, load_rng_state, resolve_precision, rng_state
 from nmt.distributed import Distributed
 from nmt.errors import Interrupted, UserError
@@ -131,8 +130,8 @@ def setup(cfg: Config, run_dir: RunDir, dist: Distributed, stop: StopRequest) ->
     model = build_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
     model.to(dist.device)
     split = data.splits[cfg.data.train_split]
-    src_lens, tgt_lens = column(split, "src_len"), column(split, "tgt_len")
-    summary = model_summary(model, statistics.fmean(src_lens), statistics.fmean(tgt_lens))
+    src_lens, tgt_lens = length_array(split, "src_len"), length_array(split, "tgt_len")
+    summary = model_summary(model, float(src_lens.mean()), float(tgt_lens.mean()))
     if dist.is_main:
         log.info("data:\n%s", format_stats(data))
         log.info("model %s (precision %s, device %s):\n%s", cfg.model.arch, precision,
@@ -162,7 +161,7 @@ def loop(run: Run) -> None:
     """Epochs of optimiser steps until `after_step` says stop."""
     cfg, progress = run.cfg.train, run.progress
     split = run.data.splits[run.cfg.data.train_split]
-    src_lens, tgt_lens = column(split, "src_len"), column(split, "tgt_len")
+    src_lens, tgt_lens = length_array(split, "src_len"), length_array(split, "tgt_len")
     run.clock_start = time.perf_counter() - progress.elapsed
     # A resumed run may be finished, or owe the validation that a Ctrl-C cut short.
     stop = (progress.validation_pending and validate_and_save(run)) or over_limit(cfg, progress)

@@ -53,3 +53,21 @@ def test_bench_decode_compares_cache_with_recomputing_the_prefix(tmp_path: Path)
         and rows[2]["tgt_tokens"] == rows[3]["tgt_tokens"]
     )
     assert "sent/s" in out
+
+
+def test_bench_data_measures_preparation_and_training_start(tmp_path: Path):
+    from tests.toy import write_toy_corpus
+
+    source = write_toy_corpus(tmp_path / "toy")
+    output = tmp_path / "data.json"
+    out = run_script("bench_data.py", "--sizes", "300", "--source", str(source),
+                     "--langs", "src", "tgt", "--vocab-size", "300", "--no-baseline",
+                     "--work", str(tmp_path / "work"), "--output", str(output))  # fmt: skip
+    record = json.loads(output.read_text())
+    rows = record["results"]
+    assert [(r["pairs"], r["stage"]) for r in rows] == [(300, "prepare"), (300, "train start")]
+    for row in rows:
+        assert row["seconds"] > 0 and row["peak_rss_mb"] > 50 and row["peak_tree_rss_mb"] > 0
+    assert 0 < rows[1]["first_step_s"] < rows[1]["seconds"]
+    assert record["cpu"] in out and "train start" in out
+    assert not (tmp_path / "work" / "pairs_300").exists()  # generated corpora are removed

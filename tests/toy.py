@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from nmt.config import DataConfig, SpmConfig
+from nmt.config import CleanConfig, DataConfig, SpmConfig
 
 WORDS = [
     *("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"),
@@ -58,4 +58,6 @@ def toy_data_config(root: Path, cache_dir: Path, vocab_size: int = 300) -> DataC
         test_splits=["test"],
         cache_dir=str(cache_dir),
         spm=SpmConfig(vocab_size=vocab_size),
+        # A palindrome's reversal is itself: a real pair of this task, not a copied line.
+        clean=CleanConfig(drop_identical=False),
     )

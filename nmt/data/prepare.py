@@ -18,16 +18,16 @@ import logging
 import os
 import re
 import shutil
-import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from nmt.config import DataConfig
-from nmt.data.batching import column
+from nmt.data.batching import column, length_array
 from nmt.data.clean import DROP_RULES, clean
 from nmt.data.corpus import load_split, split_signature
 from nmt.data.sources import load_source, naming, source_signature
@@ -139,8 +139,8 @@ def _build(cfg: DataConfig, path: Path) -> None:
             splits[name] = split.map(
                 encoder, batched=True, num_proc=_num_proc(cfg, len(split)), desc=f"encode {name}"
             )
-            split_stats[name]["avg_src_subwords"] = _mean(column(splits[name], "src_len"))
-            split_stats[name]["avg_tgt_subwords"] = _mean(column(splits[name], "tgt_len"))
+            split_stats[name]["avg_src_subwords"] = _mean(length_array(splits[name], "src_len"))
+            split_stats[name]["avg_tgt_subwords"] = _mean(length_array(splits[name], "tgt_len"))
         splits.save_to_disk(str(tmp / "splits"))
         meta = {
             "fingerprint": path.name.rsplit("-", 1)[-1],
@@ -257,13 +257,15 @@ def _train_tokenizers(
     SentencePiece reports a vocabulary size that does not fit the text as a RuntimeError
     with C++ source locations; the ones a user causes become a `UserError` with the bound.
     """
+    sample = {"limit": cfg.spm.input_sentence_size, "seed": cfg.spm.seed}
     try:
         if cfg.spm.joint:
-            joint = train_tokenizer(_texts(train, "src", "tgt"), out / "spm", cfg.spm)
+            texts = _texts(train, "src", "tgt", **sample)
+            joint = train_tokenizer(texts, out / "spm", cfg.spm)
             return joint, joint
         return (
-            train_tokenizer(_texts(train, "src"), out / "spm.src", cfg.spm),
-            train_tokenizer(_texts(train, "tgt"), out / "spm.tgt", cfg.spm),
+            train_tokenizer(_texts(train, "src", **sample), out / "spm.src", cfg.spm),
+            train_tokenizer(_texts(train, "tgt", **sample), out / "spm.tgt", cfg.spm),
         )
     except RuntimeError as error:
         message = str(error)
@@ -291,8 +293,20 @@ def _train_tokenizers(
         raise
 
 
-def _texts(dataset: datasets.Dataset, *columns: str) -> Iterator[str]:
-    """Sentences of the given columns, streamed in batches rather than loaded at once."""
+def _texts(
+    dataset: datasets.Dataset, *columns: str, limit: int = 0, seed: int = 0
+) -> Iterator[str]:
+    """Sentences of the given columns, streamed in batches rather than loaded at once.
+
+    With `limit` > 0 and more sentences than that, only an even random sample of rows is read
+    (by `seed`, in file order), enough for `limit` sentences: SentencePiece would keep no more
+    than `data.spm.input_sentence_size` of them anyway, and reading 20M sentences from a 10M-pair
+    split only to discard most costs minutes. A split that fits is read whole, as before.
+    """
+    num_rows = -(-limit // len(columns)) if limit else len(dataset)
+    if num_rows < len(dataset):
+        rng = np.random.default_rng(seed)
+        dataset = dataset.select(np.sort(rng.choice(len(dataset), num_rows, replace=False)))
     for batch in dataset.iter(batch_size=10_000):
         for name in columns:
             yield from batch[name]
@@ -322,9 +336,9 @@ class _Encoder:
         }
 
 
-def _mean(values: list[int]) -> float:
+def _mean(values: np.ndarray) -> float:
     """Rounded for meta.json and the table, where more digits are noise."""
-    return round(statistics.fmean(values), 2)
+    return round(float(values.mean()), 2)
 
 
 def format_stats(data: PreparedData) -> str:
@@ -335,22 +349,26 @@ def format_stats(data: PreparedData) -> str:
     indented row per training source.
     """
     stats = data.stats
+    # One column per rule of DROP_RULES, in its order.
+    rules = {"empty": "empty", "too_long": "long", "ratio": "ratio", "identical": "same",
+             "non_letter": "nonlet", "duplicate": "dup"}  # fmt: skip
     lines = [
-        f"{'split':<20} {'read':>8} {'kept':>8} {'empty':>6} {'long':>6} {'ratio':>6}"
-        f" {'src sw':>7} {'tgt sw':>7}"
+        f"{'split':<20} {'read':>9} {'kept':>9}"
+        + "".join(f" {rules[rule]:>6}" for rule in DROP_RULES)
+        + f" {'src sw':>7} {'tgt sw':>7}"
     ]
     for name, split in stats["splits"].items():
         dropped = split["dropped"]
         lines.append(
-            f"{name:<20} {split['pairs_read']:>8} {split['pairs_kept']:>8} {dropped['empty']:>6}"
-            f" {dropped['too_long']:>6} {dropped['ratio']:>6} {split['avg_src_subwords']:>7.2f}"
-            f" {split['avg_tgt_subwords']:>7.2f}"
+            f"{name:<20} {split['pairs_read']:>9} {split['pairs_kept']:>9}"
+            + "".join(f" {dropped[rule]:>6}" for rule in DROP_RULES)
+            + f" {split['avg_src_subwords']:>7.2f} {split['avg_tgt_subwords']:>7.2f}"
         )
         for source, counts in split.get("sources", {}).items():  # data.train_sources
             dropped = counts["dropped"]
             lines.append(
-                f"{'  ' + source:<20} {counts['pairs_read']:>8} {counts['pairs_kept']:>8}"
-                f" {dropped['empty']:>6} {dropped['too_long']:>6} {dropped['ratio']:>6}"
+                f"{'  ' + source:<20} {counts['pairs_read']:>9} {counts['pairs_kept']:>9}"
+                + "".join(f" {dropped[rule]:>6}" for rule in DROP_RULES)
             )
     vocab = (
         f"joint vocabulary {stats['src_vocab_size']}"

@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 
 from nmt.config import CleanConfig, DataConfig, SpmConfig
 from nmt.data import format_stats, prepare
-from nmt.data.prepare import fingerprint
+from nmt.data.prepare import _texts, fingerprint
 from nmt.errors import UserError
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -182,3 +183,16 @@ def test_bad_corpus_file_is_one_line_from_the_command(tmp_path: Path, toy_root: 
         f"nmt: error: {toy_root / 'train.src.gz'} is not gzip-compressed although its name ends "
         "in .gz: compress it (gzip), or rename it without .gz and set data.text_pattern to match"
     )
+
+
+def test_sentencepiece_reads_a_fixed_sample_of_a_split_larger_than_its_input_size():
+    split = datasets.Dataset.from_dict({"src": [f"s{i}" for i in range(100)],
+                                        "tgt": [f"t{i}" for i in range(100)]})  # fmt: skip
+    everything = list(_texts(split, "src", "tgt", limit=1000))  # fits: every row, in order
+    assert everything == [*split["src"], *split["tgt"]]
+    sample = list(_texts(split, "src", "tgt", limit=30, seed=1))  # 15 rows, both sides
+    rows = [int(text[1:]) for text in sample[:15]]
+    assert len(set(rows)) == 15 and rows == sorted(rows)
+    assert sample == [*(f"s{row}" for row in rows), *(f"t{row}" for row in rows)]
+    assert sample == list(_texts(split, "src", "tgt", limit=30, seed=1))
+    assert sample != list(_texts(split, "src", "tgt", limit=30, seed=2))
