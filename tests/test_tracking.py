@@ -48,21 +48,19 @@ def test_the_run_length_is_estimated_once_from_the_first_steps(clock: Clock, cap
     ]
 
 
-def test_a_time_budget_that_ends_first_is_what_the_estimate_names(clock: Clock, caplog):
+@pytest.mark.parametrize(
+    ("total_steps", "seconds_each", "expected"),
+    [
+        # 9,980 more steps would take 9,980 s: the 600-s time budget ends first.
+        (10_000, 1.0, "9:40 of training until train.max_time at the measured 1.00 steps/s"),
+        # 100 more steps take 50 s: well inside the time budget.
+        (120, 0.5, "0:50 of training for 100 more steps at the measured 2.00 steps/s"),
+    ],
+)
+def test_the_estimate_names_the_budget_that_ends_first(
+    clock: Clock, caplog, total_steps: int, seconds_each: float, expected: str
+):
     caplog.set_level(logging.INFO, logger="nmt.tracking")
-    console = ConsoleProgress(total_steps=10_000, step=0, time_budget=600.0)
-    run_steps(console, clock, range(1, 21), seconds_each=1.0)  # 9,980 more steps take 9,980 s
-    assert estimates(caplog) == [
-        "estimate: 9:40 of training until train.max_time at the measured 1.00 steps/s, "
-        "validation not included"
-    ]
-
-
-def test_a_step_budget_that_ends_first_is_what_the_estimate_names(clock: Clock, caplog):
-    caplog.set_level(logging.INFO, logger="nmt.tracking")
-    console = ConsoleProgress(total_steps=120, step=0, time_budget=3600.0)
-    run_steps(console, clock, range(1, 21), seconds_each=0.5)
-    assert estimates(caplog) == [
-        "estimate: 0:50 of training for 100 more steps at the measured 2.00 steps/s, "
-        "validation not included"
-    ]
+    console = ConsoleProgress(total_steps=total_steps, step=0, time_budget=600.0)
+    run_steps(console, clock, range(1, 21), seconds_each=seconds_each)
+    assert estimates(caplog) == [f"estimate: {expected}, validation not included"]
