@@ -267,8 +267,10 @@ def test_ctrl_c_leaves_no_output_and_no_traceback(trained, tmp_path: Path):
 def test_make_translate_writes_translations_only_to_stdout(trained):
     _, run_dir = trained
     command = ["make", "translate", f"CKPT={run_dir}", f"NMT={sys.executable} -m nmt"]
+    # As a user types it: not inside `make test ARGS=...`, whose variables a nested make inherits.
+    env = {k: v for k, v in ENV.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "ARGS")}
     result = subprocess.run(command, input="alpha beta\ngamma\n", capture_output=True, text=True,
-                            cwd=REPO_ROOT, timeout=120, env=ENV)  # fmt: skip
+                            cwd=REPO_ROOT, timeout=120, env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2, result.stdout
     assert "translate.ckpt" not in result.stdout and "make" not in result.stdout
