@@ -48,6 +48,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
+    @property
+    def model(self) -> bytes:
+        """The serialised SentencePiece model: equal bytes, equal ids for every text."""
+        return self._sp.serialized_model_proto()
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int)
 
