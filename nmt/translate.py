@@ -49,7 +49,8 @@ def _start(
     if settings.ckpt is None:
         raise UserError("translate.ckpt is required: a checkpoint file or a run directory")
     translator = Translator.load(settings.ckpt, device=settings.device,
-                                 precision=settings.precision)  # fmt: skip
+                                 precision=settings.precision,
+                                 ensemble=settings.ensemble)  # fmt: skip
     decode, origins = resolve_decode(translator.ckpt_cfg.decode, decode_overrides or {})
     log.info("%s", describe_search(decode, origins))
     return translator, decode
@@ -275,7 +276,9 @@ def evaluate_checkpoint(
     data_cfg = translator.ckpt_cfg.data
     if evaluate.data_root:
         data_cfg = dataclasses.replace(data_cfg, root=evaluate.data_root)
-    stem, folder = f"eval_{translator.path.stem}", translator.path.parent
+    # An ensemble's record sits beside its first checkpoint, named after every member.
+    others = [f"+{p.parent.name}.{p.stem}" for p in translator.ensemble]
+    stem, folder = f"eval_{translator.path.stem}{''.join(others)}", translator.path.parent
     budget = {"max_tokens": settings.max_tokens, "chunk_lines": settings.chunk_lines}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -288,6 +291,8 @@ def evaluate_checkpoint(
                          "translations": str(translations)})  # fmt: skip
     translator.report.log_summary(translator.max_src_len(decode, settings.max_tokens))
     record = {"checkpoint": str(translator.path), "step": translator.step,
+              **({"ensemble": [str(p) for p in translator.ensemble]} if translator.ensemble
+                 else {}),
               "decode": dataclasses.asdict(decode), "results": rows}  # fmt: skip
     out = folder / f"{stem}.json"
     out.write_text(json.dumps(record, indent=2))
