@@ -156,6 +156,8 @@ def save_attention(
     if hypothesis.eos:
         tgt_labels.append("</s>")
     kind = "additive " if translator.ckpt_cfg.model.arch == "rnn" else "last-layer cross-"
+    if translator.ensemble:
+        kind = "ensemble-mean "
     title = f"sentence {index}: {kind}attention"
     viz.save_png(viz.heatmap(attn, src_labels, tgt_labels, title), path)
 

@@ -122,6 +122,9 @@ class Translator:
     ensemble: list[Path] = dataclasses.field(default_factory=list)  # the other members' files
     max_positions: int = 0  # the most positions every member reads (0: the checkpoint's own)
 
+    def __post_init__(self) -> None:
+        self.max_positions = self.max_positions or self.ckpt_cfg.model.max_positions
+
     @classmethod
     def load(
         cls,
@@ -192,8 +195,7 @@ class Translator:
         model.to(torch_device).eval()
         step = state["progress"]["step"]
         log.info("checkpoint: %s (step %d)", path, step)
-        return cls(model, src_tokenizer, tgt_tokenizer, cfg, path, step, torch_device, dtype,
-                   max_positions=cfg.model.max_positions)  # fmt: skip
+        return cls(model, src_tokenizer, tgt_tokenizer, cfg, path, step, torch_device, dtype)
 
     def max_src_len(self, decode: DecodeConfig, max_tokens: int) -> int:
         """Longest source (subwords, EOS excluded) the model reads and answers within its
