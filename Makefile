@@ -21,7 +21,7 @@ OFFLINE  := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory  # no "Entering directory" lines in stdout (see translate)
-.PHONY: help install test lint format data train translate evaluate tensorboard bench clean
+.PHONY: help install test lint format data train translate evaluate score tensorboard bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ translate: ## translate INPUT (default stdin) to OUTPUT (default stdout) with CK
 
 evaluate: ## translate the test sets with CKPT and score them with sacreBLEU
 	@$(NMT) evaluate translate.ckpt=$(CKPT) $(ARGS)
+
+score: ## force-decode SRC/TGT (or TSV) with CKPT: logprob, average, tokens per pair
+	@$(NMT) score translate.ckpt=$(CKPT) $(if $(SRC),score.source=$(SRC)) $(if $(TGT),score.target=$(TGT)) $(if $(TSV),score.tsv=$(TSV)) $(if $(OUTPUT),score.output=$(OUTPUT)) $(ARGS)
 
 tensorboard: ## serve TensorBoard for RUN (a run directory or a parent of runs)
 	$(VENV)/bin/tensorboard --logdir $(RUN)

@@ -1,4 +1,4 @@
-"""The `nmt` command: `nmt <data|train|translate|evaluate|export> [Hydra overrides]`.
+"""The `nmt` command: `nmt <data|train|translate|evaluate|score|export> [Hydra overrides]`.
 
 Thin entry points over the library: compose the config with Hydra, turn it into typed
 dataclasses, call one library function, and print a user mistake (`UserError`, a missing or
@@ -36,6 +36,7 @@ commands:
   train      train a model (prepares the data first if needed); one run directory per run
   translate  translate a file or stdin with a trained checkpoint
   evaluate   translate the test sets and score them with sacreBLEU
+  score      force-decode source/target pairs: log-probability, average, tokens per pair
   export     write a Transformer checkpoint as a CTranslate2 model folder (export.output)
 
 Overrides are Hydra's: `nmt train model=rnn_bahdanau train.max_epochs=5`.
@@ -199,6 +200,15 @@ def evaluate_command(dict_cfg: DictConfig) -> None:
         print(f"wrote {record['path']}")
 
 
+def score_command(dict_cfg: DictConfig) -> None:
+    """Write the forced score of each `score.source`/`score.target` (or `score.tsv`) pair."""
+    cfg, overrides = _inference_config(dict_cfg, "score")
+    from nmt.score import score_pairs
+
+    with user_errors():
+        score_pairs(cfg.translate, cfg.score, decode_overrides=overrides)
+
+
 def export_command(dict_cfg: DictConfig) -> None:
     """Write `translate.ckpt` as a CTranslate2 folder `export.output`, with its search settings
     (and any decode.* typed here) for `translate.engine=ctranslate2` to start from."""
@@ -229,6 +239,7 @@ COMMANDS: dict[str, tuple[Callable[[DictConfig], None], list[str]]] = {
     "train": (train_command, []),
     "translate": (translate_command, NO_RUN_DIR),
     "evaluate": (evaluate_command, NO_RUN_DIR),
+    "score": (score_command, NO_RUN_DIR),
     "export": (export_command, NO_RUN_DIR),
 }
 

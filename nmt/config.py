@@ -186,7 +186,12 @@ class DecodeConfig:
     max_len_a: float = 1.5  # max output length = a * source length + b
     max_len_b: int = 10
     max_sentences: int = 64  # most sentences per search batch (translate.max_tokens also bounds it)
-    nbest: int = 1  # hypotheses kept per sentence, best first (at most beam_size)
+    nbest: int = 1  # hypotheses kept per sentence, best first (at most beam_size; samples)
+    sample: bool = False  # draw outputs at random instead of searching (back-translation)
+    temperature: float = 1.0  # sample: divides the log-probabilities (> 1 flatter, < 1 peakier)
+    top_k: int = 0  # sample: draw among the k most probable tokens only; 0 = all
+    top_p: float = 1.0  # sample: draw from the smallest set of tokens holding this probability
+    seed: int = 0  # sample: the same seed, input and settings give the same samples
 
 
 @dataclass
@@ -211,6 +216,9 @@ class TranslateConfig:
     # torch: translate.ckpt is a checkpoint; ctranslate2: an `nmt export` directory, decoded by
     # CTranslate2 (pip install nmt[ctranslate2]).
     engine: str = "torch"
+    # More checkpoints to average with `ckpt` (translate, evaluate, score): the mean of their
+    # next-token probabilities; they must share the SentencePiece models.
+    ensemble: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -221,6 +229,16 @@ class EvaluateConfig:
     data_root: str | None = None  # the corpus folder, if not where training read it
     hypotheses: str | None = None  # score this file against `references` instead of a checkpoint
     references: str | None = None
+
+
+@dataclass
+class ScoreConfig:
+    """`nmt score` only: the pairs to force-decode (the checkpoint and device are `translate.*`)."""
+
+    source: str | None = None  # source sentences, one a line
+    target: str | None = None  # their targets, line for line
+    tsv: str | None = None  # instead of source/target: one `source<TAB>target` pair a line
+    output: str | None = None  # `logprob<TAB>avg<TAB>tokens` a pair; null for stdout
 
 
 @dataclass
@@ -242,6 +260,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     name: str = "default"  # experiment name; runs go to runs/<name>/<timestamp>
 

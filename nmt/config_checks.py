@@ -109,6 +109,9 @@ RULES: list[tuple[str, Check, str]] = [
     ("decode.length_penalty", at_least(0), ""),
     ("decode.max_len_a", at_least(0), ""),
     ("decode.max_sentences", at_least(1), ""),
+    ("decode.temperature", above(0), ""),
+    ("decode.top_k", at_least(0), ""),
+    ("decode.top_p", fraction(one=True), ""),
     ("translate.max_tokens", at_least(1), ""),
     ("translate.chunk_lines", at_least(1), ""),
 ]
@@ -130,6 +133,11 @@ def check_config(cfg: ConfigLike) -> None:
 def _check_combinations(cfg: ConfigLike) -> None:
     """Settings that are each fine but do not go together."""
     translate = cfg.translate
+    if translate.engine == "ctranslate2" and translate.ensemble:
+        raise UserError(
+            "translate.ensemble averages nmt checkpoints: leave it out with "
+            "translate.engine=ctranslate2, which runs one exported model"
+        )
     for key in ("attention_dir", "alignments"):
         if translate.engine == "ctranslate2" and getattr(translate, key):
             raise UserError(
@@ -138,7 +146,10 @@ def _check_combinations(cfg: ConfigLike) -> None:
                 "translate.engine=torch"
             )
     decode, model = cfg.decode, cfg.model
-    if not 1 <= decode.nbest <= decode.beam_size:
+    if decode.sample and decode.nbest < 1:
+        raise UserError(f"decode.nbest={decode.nbest} is out of range: set decode.nbest to 1 or "
+                        "more (the samples drawn per sentence)")  # fmt: skip
+    if not decode.sample and not 1 <= decode.nbest <= decode.beam_size:
         raise UserError(
             f"decode.nbest={decode.nbest} is out of range: set decode.nbest between 1 and "
             f"decode.beam_size={decode.beam_size} (hypotheses come from the beam)"

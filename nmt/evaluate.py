@@ -116,7 +116,11 @@ def validate(
         split = split.select(range(min(cfg.train.max_valid_sentences, len(split))))
     budget = {"device": device, "precision": precision, "max_tokens": 2 * cfg.train.max_tokens}
     loss = split_loss(model, split, **budget, pad_multiple=cfg.train.pad_multiple)
-    decode = dataclasses.replace(cfg.decode, beam_size=cfg.train.valid_beam_size, nbest=1)
+    # Validation BLEU always searches: a checkpoint saved with decode.sample keeps it for
+    # inference only, so that best.pt is chosen by a number that does not depend on a draw.
+    decode = dataclasses.replace(
+        cfg.decode, beam_size=cfg.train.valid_beam_size, nbest=1, sample=False
+    )
     found = search_in_order(model, column(split, "src_ids"), decode, **budget)
     hypotheses = data.tgt_tokenizer.decode([nbest[0].tokens for nbest in found])
     scores = corpus_scores(hypotheses, column(split, "ref"))

@@ -1,10 +1,11 @@
-"""Greedy and batched beam search over the `Seq2Seq` contract only: `encode`, `decode`, `select`;
-and `search_in_order`, which searches many sentences in length-sorted batches and keeps their order.
+"""Greedy search, batched beam search and sampling over the `Seq2Seq` contract only: `encode`,
+`decode`, `select`; and `search_in_order`, which searches many sentences in length-sorted
+batches and keeps their order.
 
 Letters: B batch, S source length, V vocabulary, K beam size, N n-best size, W the longest
 output length allowed in the batch. Masks are bool with True = real token.
 
-Conventions shared by both searches:
+Conventions shared by all three searches:
 - |Y|, the length of a hypothesis, counts its scored steps: its tokens plus EOS when it ended
   with one. A sentence of real source length s decodes at most max(1, floor(a·s + b)) steps, so
   an output never has more than that many tokens; one that reaches the limit without EOS is
@@ -74,17 +75,23 @@ def max_output_lengths(src_mask: Tensor, max_len_a: float, max_len_b: float) -> 
     return (max_len_a * src_lens + max_len_b).floor().long().clamp(min=1)
 
 
-def _next_log_probs(logits: Tensor) -> Tensor:
-    """log p of the token after the last position: logits (B, T, V) -> (B, V) float32.
+def token_log_probs(logits: Tensor) -> Tensor:
+    """log p of the next token at every position: logits (B, T, V) -> (B, T, V) float32.
 
     Normalised in fp32 whatever the autocast dtype, so scores add up the same way everywhere.
     PAD and BOS are never valid outputs; they are masked after normalising, so the other
-    tokens keep the model's own log-probabilities.
+    tokens keep the model's own log-probabilities. Search and forced decoding (`nmt.scoring`)
+    both score through here, so a forced score is the score search would give the same output.
     """
-    log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
-    log_probs[:, PAD_ID] = float("-inf")
-    log_probs[:, BOS_ID] = float("-inf")
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    log_probs[..., PAD_ID] = float("-inf")
+    log_probs[..., BOS_ID] = float("-inf")
     return log_probs
+
+
+def _next_log_probs(logits: Tensor) -> Tensor:
+    """log p of the token after the last position: logits (B, T, V) -> (B, V) float32."""
+    return token_log_probs(logits[:, -1:])[:, 0]
 
 
 @torch.no_grad()
@@ -303,6 +310,100 @@ def beam_search(
     return _to_result(finished.tokens, finished.scores, finished.num_steps, finished.attn, src_mask)
 
 
+def filter_log_probs(log_probs: Tensor, *, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """The distribution sampling draws from: `log_probs` (b, V) divided by `temperature`,
+    renormalised, cut to the `top_k` most probable tokens (0 = all) and then to the smallest
+    set whose probability reaches `top_p` (nucleus sampling, Holtzman et al. 2020), and
+    renormalised again; cut tokens get -inf. The most probable token always survives.
+    """
+    log_probs = torch.log_softmax(log_probs / temperature, dim=-1)
+    if 0 < top_k < log_probs.size(-1):
+        cut = torch.ones_like(log_probs, dtype=torch.bool)
+        cut.scatter_(-1, log_probs.topk(top_k, dim=-1).indices, False)  # exactly k, ties too
+        log_probs = log_probs.masked_fill(cut, float("-inf"))
+    if top_p < 1.0:
+        sorted_log_probs, order = log_probs.sort(dim=-1, descending=True)
+        before = sorted_log_probs.exp().cumsum(dim=-1) - sorted_log_probs.exp()
+        cut = before >= top_p  # the mass of the more probable tokens already reaches top_p
+        cut[:, 0] = False
+        log_probs = log_probs.scatter(-1, order, sorted_log_probs.masked_fill(cut, float("-inf")))
+    return torch.log_softmax(log_probs, dim=-1)
+
+
+@torch.no_grad()
+def sample_search(
+    model: Seq2Seq,
+    src: Tensor,
+    src_mask: Tensor,
+    *,
+    num_samples: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    max_len_a: float,
+    max_len_b: float,
+    length_penalty: float = 0.0,
+    need_attention: bool = False,
+    attention: AttentionChoice = MEAN_OF_LAST_LAYER,
+) -> SearchResult:
+    """`num_samples` outputs per sentence of `src` (B, S), each token drawn from the model's
+    next-token distribution reshaped by `filter_log_probs` (for back-translation, Edunov et
+    al. 2018). Draws come from `generator` alone, so a seed reproduces them.
+
+    Scores are the model's own log-probabilities of the drawn tokens (before temperature and
+    truncation) / lp(|Y|), so they compare with beam search's; each sentence's samples are
+    sorted by score, best first. Rows leave the batch when they draw EOS or reach their length.
+    """
+    batch_size, src_len = src.shape
+    n = num_samples
+    rows = torch.arange(batch_size, device=src.device).repeat_interleave(n)  # row i·N + j
+    src_mask_rows = src_mask.index_select(0, rows)
+    max_lens = max_output_lengths(src_mask_rows, max_len_a, max_len_b)
+    width = int(max_lens.max())
+    tokens = src.new_full((batch_size * n, width), PAD_ID)
+    scores = torch.zeros(batch_size * n, device=src.device)
+    num_steps = torch.zeros_like(max_lens)
+    attn = (
+        torch.zeros(batch_size * n, width, src_len, device=src.device) if need_attention else None
+    )
+
+    memory, state = select(model.encode(src, src_mask), rows), None
+    active = torch.arange(batch_size * n, device=src.device)
+    last = src.new_full((batch_size * n, 1), BOS_ID)
+    for t in range(width):
+        out = model.decode(last, memory, state, need_attention=need_attention)
+        log_probs = _next_log_probs(out.logits)
+        draw_from = filter_log_probs(log_probs, temperature=temperature, top_k=top_k, top_p=top_p)
+        token = torch.multinomial(draw_from.exp(), 1, generator=generator).squeeze(1)
+        tokens[active, t] = token
+        scores[active] += log_probs.gather(1, token[:, None]).squeeze(1)
+        if attn is not None:
+            attn[active, t] = attention.of(out)[:, -1].float()
+        done = (token == EOS_ID) | (max_lens[active] <= t + 1)
+        num_steps[active[done]] = t + 1
+        if bool(done.all()):
+            break
+        state, last = out.state, token[:, None]
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            active, last = active[keep], last[keep]
+            memory, state = select(memory, keep), select(state, keep)
+
+    scores = (scores / gnmt_penalty(num_steps, length_penalty)).view(batch_size, n)
+    scores, order = scores.sort(dim=1, descending=True)
+    pick = (order + torch.arange(batch_size, device=src.device)[:, None] * n).flatten()
+    tokens, num_steps = tokens[pick].view(batch_size, n, width), num_steps[pick].view(batch_size, n)
+    if attn is not None:
+        attn = attn[pick].view(batch_size, n, width, src_len)
+    return _to_result(tokens, scores, num_steps, attn, src_mask)
+
+
+def sampler(cfg: DecodeConfig, device: torch.device) -> torch.Generator:
+    """The random stream of `decode.sample`, seeded with `decode.seed` on `device`."""
+    return torch.Generator(device=device).manual_seed(cfg.seed)
+
+
 def search(
     model: Seq2Seq,
     src: Tensor,
@@ -311,11 +412,19 @@ def search(
     *,
     need_attention: bool = False,
     attention: AttentionChoice = MEAN_OF_LAST_LAYER,
+    generator: torch.Generator | None = None,
 ) -> SearchResult:
-    """Greedy search for `cfg.beam_size` 1, beam search otherwise; scores use `cfg.length_penalty`
+    """Greedy search for `cfg.beam_size` 1, beam search otherwise, sampling with `cfg.sample`
+    (from `generator`, or a new one seeded with `cfg.seed`); scores use `cfg.length_penalty`
     either way. `src` (B, S) ids, `src_mask` (B, S). Call with the model in eval mode.
     """
     lengths = {"max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b}
+    if cfg.sample:
+        return sample_search(model, src, src_mask, **lengths, num_samples=cfg.nbest,
+                             generator=generator or sampler(cfg, src.device),
+                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                             length_penalty=cfg.length_penalty,
+                             need_attention=need_attention, attention=attention)  # fmt: skip
     if cfg.beam_size == 1 and cfg.nbest == 1:
         return greedy_search(model, src, src_mask, **lengths, length_penalty=cfg.length_penalty,
                              need_attention=need_attention, attention=attention)  # fmt: skip
@@ -345,6 +454,7 @@ def search_in_order(
     callers truncate sources to fit. Validation and both commands decode through here.
     """
     model.eval()
+    generator = sampler(cfg, device) if cfg.sample else None  # one stream for all batches
     results = [[Hypothesis([], 0.0, True)] for _ in src_ids]
     real = [i for i, ids in enumerate(src_ids) if ids]
     lengths = [len(src_ids[i]) for i in real]
@@ -355,7 +465,8 @@ def search_in_order(
         padded = collate([src_ids[r] for r in rows], [[] for _ in rows], rows, pad_multiple=1)
         with autocast(device, precision):
             found = search(model, padded.src.to(device), padded.src_mask.to(device), cfg,
-                           need_attention=need_attention, attention=attention)  # fmt: skip
+                           need_attention=need_attention, attention=attention,
+                           generator=generator)  # fmt: skip
         for row, nbest in zip(rows, found.nbest):
             results[row] = nbest
     return results

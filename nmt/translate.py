@@ -52,8 +52,13 @@ def _start(
     log which checkpoint and which search, so a score or a file can be traced to both."""
     if settings.ckpt is None:
         raise UserError("translate.ckpt is required: a checkpoint file or a run directory")
-    load = load_export if settings.engine == "ctranslate2" else Translator.load
-    translator = load(settings.ckpt, device=settings.device, precision=settings.precision)
+    if settings.engine == "ctranslate2":  # config_checks refuses an ensemble with it
+        translator = load_export(settings.ckpt, device=settings.device,
+                                 precision=settings.precision)  # fmt: skip
+    else:
+        translator = Translator.load(settings.ckpt, device=settings.device,
+                                     precision=settings.precision,
+                                     ensemble=settings.ensemble)  # fmt: skip
     decode, origins = resolve_decode(translator.ckpt_cfg.decode, decode_overrides or {})
     log.info("%s", describe_search(decode, origins))
     return translator, decode
@@ -177,7 +182,9 @@ def save_attention(
     if hypothesis.eos:
         tgt_labels.append("</s>")
     kind = "additive "
-    if translator.ckpt_cfg.model.arch != "rnn":
+    if translator.ensemble:
+        kind = "ensemble-mean "  # of each member's default attention (Translator.attention_choice)
+    elif translator.ckpt_cfg.model.arch != "rnn":
         num_layers = translator.ckpt_cfg.model.num_decoder_layers
         heads = "" if attention.heads is None else f" (heads {list(attention.heads)})"
         kind = f"layer {attention.layer % num_layers + 1}/{num_layers}{heads} cross-"
@@ -304,7 +311,9 @@ def evaluate_checkpoint(
     data_cfg = translator.ckpt_cfg.data
     if evaluate.data_root:
         data_cfg = dataclasses.replace(data_cfg, root=evaluate.data_root)
-    stem, folder = f"eval_{translator.path.stem}", translator.path.parent
+    # An ensemble's record sits beside its first checkpoint, named after every member.
+    others = [f"+{p.parent.name}.{p.stem}" for p in translator.ensemble]
+    stem, folder = f"eval_{translator.path.stem}{''.join(others)}", translator.path.parent
     budget = {"max_tokens": settings.max_tokens, "chunk_lines": settings.chunk_lines}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -317,6 +326,8 @@ def evaluate_checkpoint(
                          "translations": str(translations)})  # fmt: skip
     translator.report.log_summary(translator.max_src_len(decode, settings.max_tokens))
     record = {"checkpoint": str(translator.path), "step": translator.step,
+              **({"ensemble": [str(p) for p in translator.ensemble]} if translator.ensemble
+                 else {}),
               "decode": dataclasses.asdict(decode), "results": rows}  # fmt: skip
     out = folder / f"{stem}.json"
     out.write_text(json.dumps(record, indent=2))

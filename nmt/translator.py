@@ -25,6 +25,8 @@ from nmt.device import resolve_device, resolve_precision
 from nmt.errors import UserError
 from nmt.models import build_model
 from nmt.models.base import MEAN_OF_LAST_LAYER, AttentionChoice, Seq2Seq
+from nmt.models.ensemble import Ensemble
+from nmt.scoring import UNSCORED, PairScore, score_in_order
 from nmt.search import Hypothesis, search_in_order
 from nmt.tokenizer import Tokenizer
 
@@ -76,7 +78,7 @@ def resolve_decode(
         f.name: "command line" if f.name in overrides else "checkpoint"
         for f in dataclasses.fields(DecodeConfig)
     }
-    if decode.nbest > decode.beam_size:  # only the merged settings can be checked
+    if not decode.sample and decode.nbest > decode.beam_size:  # only merged settings can be
         raise UserError(
             f"decode.nbest={decode.nbest} ({origins['nbest']}) exceeds decode.beam_size="
             f"{decode.beam_size} ({origins['beam_size']}): type a larger decode.beam_size"
@@ -88,6 +90,15 @@ def describe_search(decode: DecodeConfig, origins: Mapping[str, str]) -> str:
     """One line saying how the output is searched and where each setting came from."""
     length_origin = "command line" if "command line" in (
         origins["max_len_a"], origins["max_len_b"]) else "checkpoint"  # fmt: skip
+    if decode.sample:
+        return "search: " + ", ".join([
+            f"sampling ({origins['sample']}), {decode.nbest} per sentence ({origins['nbest']})",
+            f"temperature {decode.temperature:g} ({origins['temperature']})",
+            f"top-k {decode.top_k or 'off'} ({origins['top_k']})",
+            f"top-p {decode.top_p:g} ({origins['top_p']})",
+            f"seed {decode.seed} ({origins['seed']})",
+            f"max length {decode.max_len_a:g}·src+{decode.max_len_b} ({length_origin})",
+        ])  # fmt: skip
     parts = [
         f"greedy ({origins['beam_size']})"
         if decode.beam_size == 1
@@ -114,8 +125,8 @@ class SearchEngine(Protocol):
 
 @dataclasses.dataclass
 class Translator:
-    """A model rebuilt from a checkpoint alone, with its tokenizers and the config it trained
-    with; counts what cleaning had to do to the lines it translates (`report`).
+    """A model rebuilt from a checkpoint alone (or an ensemble of several), with its tokenizers
+    and the config it trained with; counts what cleaning had to do to its input (`report`).
 
     With an `engine` (an exported model), the engine searches and `model` is None."""
 
@@ -123,17 +134,66 @@ class Translator:
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
     ckpt_cfg: Config  # the checkpoint's own configuration (command sections dropped)
-    path: Path  # the checkpoint file read
+    path: Path  # the checkpoint file read (an ensemble's first)
     step: int  # the optimiser step it was saved at
     device: torch.device
     precision: torch.dtype
     report: InputReport = dataclasses.field(default_factory=InputReport)
     engine: SearchEngine | None = None
+    ensemble: list[Path] = dataclasses.field(default_factory=list)  # the other members' files
+    max_positions: int = 0  # the most positions every member reads (0: the checkpoint's own)
+
+    def __post_init__(self) -> None:
+        self.max_positions = self.max_positions or self.ckpt_cfg.model.max_positions
 
     @classmethod
-    def load(cls, ckpt: str | Path, *, device: str, precision: str) -> Translator:
+    def load(
+        cls,
+        ckpt: str | Path,
+        *,
+        device: str,
+        precision: str,
+        ensemble: Sequence[str | Path] = (),
+    ) -> Translator:
         """Rebuild the model from a checkpoint file or run directory (its config and
-        SentencePiece models); `device`/`precision` are `translate.*` settings."""
+        SentencePiece models); `device`/`precision` are `translate.*` settings. With
+        `ensemble` (`translate.ensemble`), the model averages them all (`Ensemble`): they
+        must share both SentencePiece models and the input cleaning; architectures may differ.
+        """
+        first = cls._load_one(ckpt, device=device, precision=precision)
+        if not ensemble:
+            return first
+        members = [first]
+        for other in ensemble:
+            member = cls._load_one(other, device=device, precision=precision)
+            first._check_compatible(member)
+            members.append(member)
+        model = Ensemble([m.model for m in members]).eval()
+        max_positions = min(m.ckpt_cfg.model.max_positions for m in members)
+        log.info("ensemble of %d checkpoints: mean of their next-token probabilities",
+                 len(members))  # fmt: skip
+        return dataclasses.replace(first, model=model, max_positions=max_positions,
+                                   ensemble=[m.path for m in members[1:]])  # fmt: skip
+
+    def _check_compatible(self, other: Translator) -> None:
+        """Refuse an ensemble member that reads or writes other ids, or cleans text otherwise."""
+        pairs = {
+            "target SentencePiece model": (self.tgt_tokenizer.model_proto,
+                                          other.tgt_tokenizer.model_proto),
+            "source SentencePiece model": (self.src_tokenizer.model_proto,
+                                          other.src_tokenizer.model_proto),
+            "data.clean.normalization": (self.ckpt_cfg.data.clean.normalization,
+                                         other.ckpt_cfg.data.clean.normalization),
+        }  # fmt: skip
+        differs = [what for what, (mine, theirs) in pairs.items() if mine != theirs]
+        if differs:
+            raise UserError(
+                f"translate.ensemble: {other.path} has another {differs[0]} than {self.path}: "
+                "ensemble checkpoints trained on the same data config (one tokenizer) only"
+            )
+
+    @classmethod
+    def _load_one(cls, ckpt: str | Path, *, device: str, precision: str) -> Translator:
         torch_device = resolve_device(device, key="translate.device")
         dtype = resolve_precision(precision, torch_device, key="translate.precision")
         path = checkpoint_file(ckpt)
@@ -166,7 +226,7 @@ class Translator:
         """Longest source (subwords, EOS excluded) the model reads and answers within its
         `max_positions` (the longest output, a·S + b, must fit too), and that fits a search
         batch of `max_tokens` with its EOS and the empty target's one slot."""
-        limit = self.ckpt_cfg.model.max_positions - 1
+        limit = self.max_positions - 1
         by_output = int((limit - decode.max_len_b) / max(decode.max_len_a, 1e-9))
         return max(1, min(limit - 1, by_output, max_tokens - 2))
 
@@ -205,6 +265,44 @@ class Translator:
                                         attention=attention)  # fmt: skip
             yield from zip(texts, found, src_ids)
 
+    def score(
+        self,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        max_tokens: int,
+        max_sentences: int,
+        chunk_lines: int,
+    ) -> Iterator[PairScore]:
+        """The forced score of every (source, target) pair, in input order, both sides cleaned
+        and encoded as for translation. Pairs with an empty side, or longer than the model reads
+        (`max_positions`) or than a batch of `max_tokens` holds, are `UNSCORED` (nan, 0 tokens)
+        rather than truncated: a score of part of a target would pass for the whole one's.
+        """
+        for chunk in chunks(pairs, chunk_lines):
+            src_ids = self.src_tokenizer.encode([self._clean(src) for src, _ in chunk])
+            tgt_ids = self.tgt_tokenizer.encode([self._clean_target(tgt) for _, tgt in chunk])
+            fits = [
+                max(len(s), len(t)) < self.max_positions and len(s) + len(t) + 3 <= max_tokens
+                for s, t in zip(src_ids, tgt_ids)
+            ]
+            self.report.truncated += fits.count(False)
+            scores = score_in_order(
+                self.model,
+                [s if ok else [] for s, ok in zip(src_ids, fits)],
+                [t if ok else [] for t, ok in zip(tgt_ids, fits)],
+                device=self.device,
+                precision=self.precision,
+                max_tokens=max_tokens,
+                max_sentences=max_sentences,
+            )
+            yield from (score if ok else UNSCORED for score, ok in zip(scores, fits))
+
+    def _clean_target(self, line: str) -> str:
+        """A target line cleaned as a source line is (`_clean`), counted only for its control
+        characters (the line counts are the sources')."""
+        self.report.control_chars += has_control_chars(line)
+        return normalize(line, self.ckpt_cfg.data.clean.normalization)
+
     def _clean(self, line: str) -> str:
         """Normalize as training's data was (Unicode form, control characters, whitespace)."""
         self.report.num_lines += 1
@@ -221,7 +319,17 @@ class Translator:
     def attention_choice(self, layer: int | None, heads: list[int] | None) -> AttentionChoice:
         """The cross-attention `translate.alignment_layer` / `alignment_heads` name, checked
         against this model. Layer null: the RNN's one attention, or for the Transformer
-        `DEFAULT_ALIGNMENT_LAYER`, the layer whose alignments came closest to eflomal's on val."""
+        `DEFAULT_ALIGNMENT_LAYER`, the layer whose alignments came closest to eflomal's on val.
+        An ensemble reads the mean of its members' own attention (`DecoderOutput.attn`): its
+        members' layers need not match, so no layer or head can be chosen."""
+        if self.ensemble:
+            if layer is not None or heads is not None:
+                raise UserError(
+                    "translate.alignment_layer/alignment_heads choose within one model: an "
+                    "ensemble's alignments read the mean of its members' attention; leave them "
+                    "unset, or align with one checkpoint"
+                )
+            return MEAN_OF_LAST_LAYER
         model = self.ckpt_cfg.model
         transformer = model.arch == "transformer"
         num_layers = model.num_decoder_layers if transformer else 1
