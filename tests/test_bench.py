@@ -68,6 +68,7 @@ def test_bench_data_measures_preparation_and_training_start(tmp_path: Path):
     assert [(r["pairs"], r["stage"]) for r in rows] == [(300, "prepare"), (300, "train start")]
     for row in rows:
         assert row["seconds"] > 0 and row["peak_rss_mb"] > 50 and row["peak_tree_rss_mb"] > 0
+        assert 0 < row["peak_anon_rss_mb"] <= row["peak_rss_mb"]
     assert 0 < rows[1]["first_step_s"] < rows[1]["seconds"]
     assert record["cpu"] in out and "train start" in out
     assert not (tmp_path / "work" / "pairs_300").exists()  # generated corpora are removed
