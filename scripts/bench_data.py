@@ -11,8 +11,8 @@ each stage as its own `nmt` process and measures it:
 
 Peak memory is the largest single process's `ru_maxrss` (from `os.wait4`), that process's
 anonymous memory (`RssAnon`, sampled every 0.2 s: RSS without the pages of memory-mapped Arrow
-files, which the kernel reclaims at will), and the sum over the process and its workers. Generated files go under --work, never into
-the repository.
+files, which the kernel reclaims at will), and the sum over the process and its workers.
+Generated files go under --work, never into the repository.
 
     python scripts/bench_data.py --sizes 0.1M 1M 10M --work /tmp/nmt_bench_data
 """
