@@ -132,19 +132,7 @@ def check_config(cfg: ConfigLike) -> None:
 
 def _check_combinations(cfg: ConfigLike) -> None:
     """Settings that are each fine but do not go together."""
-    translate = cfg.translate
-    if translate.engine == "ctranslate2" and translate.ensemble:
-        raise UserError(
-            "translate.ensemble averages nmt checkpoints: leave it out with "
-            "translate.engine=ctranslate2, which runs one exported model"
-        )
-    for key in ("attention_dir", "alignments"):
-        if translate.engine == "ctranslate2" and getattr(translate, key):
-            raise UserError(
-                f"translate.{key} reads nmt's own attention: leave it out with "
-                "translate.engine=ctranslate2, or translate the checkpoint with "
-                "translate.engine=torch"
-            )
+    _check_translate(cfg.translate)
     decode, model = cfg.decode, cfg.model
     if decode.sample and decode.nbest < 1:
         raise UserError(f"decode.nbest={decode.nbest} is out of range: set decode.nbest to 1 or "
@@ -191,6 +179,23 @@ def _check_combinations(cfg: ConfigLike) -> None:
             f"translate.alignment_heads={list(heads)} must list distinct head numbers from 0, "
             "e.g. [0,2], or be null for the mean of all heads"
         )
+
+
+def _check_translate(translate: ConfigLike) -> None:
+    """What the CTranslate2 engine cannot honour: it runs one exported model and returns no
+    attention."""
+    if translate.engine == "ctranslate2" and translate.ensemble:
+        raise UserError(
+            "translate.ensemble averages nmt checkpoints: leave it out with "
+            "translate.engine=ctranslate2, which runs one exported model"
+        )
+    for key in ("attention_dir", "alignments"):
+        if translate.engine == "ctranslate2" and getattr(translate, key):
+            raise UserError(
+                f"translate.{key} reads nmt's own attention: leave it out with "
+                "translate.engine=ctranslate2, or translate the checkpoint with "
+                "translate.engine=torch"
+            )
 
 
 def _check_sources(data: ConfigLike) -> None:

@@ -17,7 +17,7 @@ Conventions shared by all three searches:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +27,7 @@ from torch import Tensor
 from nmt.config import DecodeConfig
 from nmt.data.batching import collate, plan_batches
 from nmt.device import autocast
-from nmt.models.base import MEAN_OF_LAST_LAYER, AttentionChoice, Seq2Seq, State, select
+from nmt.models.base import MEAN_OF_LAST_LAYER, AttentionChoice, Memory, Seq2Seq, State, select
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -113,20 +113,55 @@ def greedy_search(
     scores, like beam search's; it never changes the output. The oracle for beam size 1.
     With `need_attention`, each hypothesis carries the cross-attention that `attention` picks.
     """
-    batch_size, src_len = src.shape
     max_lens = max_output_lengths(src_mask, max_len_a, max_len_b)
-    width = int(max_lens.max())
-    tokens = src.new_full((batch_size, width), PAD_ID)
-    scores = torch.zeros(batch_size, device=src.device)
-    num_steps = torch.zeros_like(max_lens)
-    attn = torch.zeros(batch_size, width, src_len, device=src.device) if need_attention else None
+    tokens, scores, num_steps, attn = _decode_rows(
+        model, model.encode(src, src_mask), max_lens, like=src, pick=_most_probable,
+        need_attention=need_attention, attention=attention,
+    )  # fmt: skip
+    scores = scores / gnmt_penalty(num_steps, length_penalty)
+    return _to_result(
+        tokens[:, None], scores[:, None], num_steps[:, None], _unsqueeze(attn), src_mask
+    )
 
-    memory, state = model.encode(src, src_mask), None
-    active = torch.arange(batch_size, device=src.device)  # input index of each row still going
-    last = src.new_full((batch_size, 1), BOS_ID)
+
+def _most_probable(log_probs: Tensor) -> tuple[Tensor, Tensor]:
+    """Greedy search's choice: the most probable token of each row, and its log-probability."""
+    score, token = log_probs.max(dim=-1)
+    return token, score
+
+
+def _decode_rows(
+    model: Seq2Seq,
+    memory: Memory,
+    max_lens: Tensor,
+    *,
+    like: Tensor,
+    pick: Callable[[Tensor], tuple[Tensor, Tensor]],
+    need_attention: bool,
+    attention: AttentionChoice,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """One output for each row of `memory`, token by token as `pick(log_probs)` chooses them
+    (each row's token and its log-probability), until EOS or the row's `max_lens`: greedy
+    search and sampling differ in `pick` alone. Rows that finish leave the batch (`select`),
+    so a long output does not keep short ones decoding.
+
+    Returns tokens (R, W) with PAD after EOS, summed log-probabilities (R,), num_steps (R,) and,
+    with `need_attention`, the attention `attention` picks (R, W, S); `like` gives the ids'
+    dtype, device and source length.
+    """
+    num_rows, src_len = len(max_lens), like.shape[1]
+    width = int(max_lens.max())
+    tokens = like.new_full((num_rows, width), PAD_ID)
+    scores = torch.zeros(num_rows, device=like.device)
+    num_steps = torch.zeros_like(max_lens)
+    attn = torch.zeros(num_rows, width, src_len, device=like.device) if need_attention else None
+
+    state = None
+    active = torch.arange(num_rows, device=like.device)  # input row of each row still going
+    last = like.new_full((num_rows, 1), BOS_ID)
     for t in range(width):
         out = model.decode(last, memory, state, need_attention=need_attention)
-        step_scores, token = _next_log_probs(out.logits).max(dim=-1)
+        token, step_scores = pick(_next_log_probs(out.logits))
         tokens[active, t] = token
         scores[active] += step_scores
         if attn is not None:
@@ -136,15 +171,11 @@ def greedy_search(
         if bool(done.all()):
             break
         state, last = out.state, token[:, None]
-        if bool(done.any()):  # drop finished sentences; otherwise the cache stays as it is
+        if bool(done.any()):  # drop finished rows; otherwise the cache stays as it is
             keep = (~done).nonzero().squeeze(1)
             active, last = active[keep], last[keep]
             memory, state = select(memory, keep), select(state, keep)
-
-    scores = scores / gnmt_penalty(num_steps, length_penalty)
-    return _to_result(
-        tokens[:, None], scores[:, None], num_steps[:, None], _unsqueeze(attn), src_mask
-    )
+    return tokens, scores, num_steps, attn
 
 
 @dataclass
@@ -358,38 +389,18 @@ def sample_search(
     batch_size, src_len = src.shape
     n = num_samples
     rows = torch.arange(batch_size, device=src.device).repeat_interleave(n)  # row i·N + j
-    src_mask_rows = src_mask.index_select(0, rows)
-    max_lens = max_output_lengths(src_mask_rows, max_len_a, max_len_b)
-    width = int(max_lens.max())
-    tokens = src.new_full((batch_size * n, width), PAD_ID)
-    scores = torch.zeros(batch_size * n, device=src.device)
-    num_steps = torch.zeros_like(max_lens)
-    attn = (
-        torch.zeros(batch_size * n, width, src_len, device=src.device) if need_attention else None
-    )
+    max_lens = max_output_lengths(src_mask.index_select(0, rows), max_len_a, max_len_b)
 
-    memory, state = select(model.encode(src, src_mask), rows), None
-    active = torch.arange(batch_size * n, device=src.device)
-    last = src.new_full((batch_size * n, 1), BOS_ID)
-    for t in range(width):
-        out = model.decode(last, memory, state, need_attention=need_attention)
-        log_probs = _next_log_probs(out.logits)
+    def draw(log_probs: Tensor) -> tuple[Tensor, Tensor]:
         draw_from = filter_log_probs(log_probs, temperature=temperature, top_k=top_k, top_p=top_p)
         token = torch.multinomial(draw_from.exp(), 1, generator=generator).squeeze(1)
-        tokens[active, t] = token
-        scores[active] += log_probs.gather(1, token[:, None]).squeeze(1)
-        if attn is not None:
-            attn[active, t] = attention.of(out)[:, -1].float()
-        done = (token == EOS_ID) | (max_lens[active] <= t + 1)
-        num_steps[active[done]] = t + 1
-        if bool(done.all()):
-            break
-        state, last = out.state, token[:, None]
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
-            active, last = active[keep], last[keep]
-            memory, state = select(memory, keep), select(state, keep)
+        return token, log_probs.gather(1, token[:, None]).squeeze(1)
 
+    tokens, scores, num_steps, attn = _decode_rows(
+        model, select(model.encode(src, src_mask), rows), max_lens, like=src, pick=draw,
+        need_attention=need_attention, attention=attention,
+    )  # fmt: skip
+    width = tokens.shape[1]
     scores = (scores / gnmt_penalty(num_steps, length_penalty)).view(batch_size, n)
     scores, order = scores.sort(dim=1, descending=True)
     pick = (order + torch.arange(batch_size, device=src.device)[:, None] * n).flatten()
