@@ -6,6 +6,7 @@ without a distributed job around them.
 
 from __future__ import annotations
 
+import platform
 import random
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -24,6 +25,27 @@ def resolve_device(setting: str, local_rank: int = 0, key: str = "train.device")
     if setting == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
+
+
+def describe_device(device: torch.device) -> str:
+    """The device in words, for logs and results tables: the GPU's name, or the CPU's model and
+    the threads PyTorch uses (a CPU run's speed depends on both)."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    threads = torch.get_num_threads()
+    return f"cpu ({cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def resolve_precision(

@@ -40,7 +40,7 @@ from nmt.checkpoint import (
 from nmt.config import Config, check_config
 from nmt.data import PreparedData, format_stats, prepare
 from nmt.data.batching import Batch, chunks, iterate_batches, length_array
-from nmt.device import autocast, load_rng_state, resolve_precision, rng_state
+from nmt.device import autocast, describe_device, load_rng_state, resolve_precision, rng_state
 from nmt.distributed import Distributed
 from nmt.errors import Interrupted, UserError
 from nmt.evaluate import ValidationResult, cross_entropy_sum, validate
@@ -135,7 +135,7 @@ def setup(cfg: Config, run_dir: RunDir, dist: Distributed, stop: StopRequest) ->
     if dist.is_main:
         log.info("data:\n%s", format_stats(data))
         log.info("model %s (precision %s, device %s):\n%s", cfg.model.arch, precision,
-                 dist.device, summary)  # fmt: skip
+                 describe_device(dist.device), summary)  # fmt: skip
     progress = Progress()
     steps = total_steps(cfg.train, src_lens, tgt_lens, dist.world_size)
     wrapped = DistributedDataParallel(model) if dist.world_size > 1 else model

@@ -18,7 +18,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from nmt.config import TranslateConfig
 from nmt.ct2_engine import load_export
 from nmt.ct2_export import export_checkpoint
+from nmt.device import cpu_model
 from nmt.translator import Translator
 
 
@@ -37,15 +37,6 @@ def read_lines(path: Path) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as file:
         return file.read().split("\n")[:-1]
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

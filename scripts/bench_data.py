@@ -33,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from nmt.data.corpus import read_lines  # noqa: E402  (the repository, not an installed copy)
+from nmt.device import cpu_model  # noqa: E402
 
 NUM_HELD_OUT = 1_000  # validation and test lines, taken unchanged from the source corpus
 
@@ -170,13 +171,6 @@ def print_table(rows: list[dict], cpu: str) -> None:
         print(f"{r['pairs']:>11,} {r['stage']:<12} {r['seconds']:>8.1f} {first:>10} "
               f"{r['peak_rss_mb']:>8} {r['peak_anon_rss_mb']:>8} {r['peak_tree_rss_mb']:>8} "
               f"{beyond:>15}")  # fmt: skip
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 from nmt.config import DecodeConfig, TranslateConfig, model_config
 from nmt.data.batching import chunks, collate
-from nmt.device import autocast, resolve_device, resolve_precision
+from nmt.device import autocast, cpu_model, resolve_device, resolve_precision
 from nmt.models import build_model
 from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
 from nmt.search import search
@@ -117,9 +116,7 @@ def main() -> None:
               f"{r['tgt_tokens_per_s']:>10.0f}")  # fmt: skip
     record = {
         "date": time.strftime("%Y-%m-%d"),
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "precision": str(dtype),

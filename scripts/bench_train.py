@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import TrainConfig, model_config
-from nmt.device import autocast, resolve_device, resolve_precision
+from nmt.device import autocast, cpu_model, resolve_device, resolve_precision
 from nmt.models import build_model, model_summary
 from nmt.optim import make_optimizer
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -155,9 +154,7 @@ def main() -> None:
         for compiled in modes
     ]
     print_table(rows)
-    device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    )
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     record = {
         "date": time.strftime("%Y-%m-%d"),
         "device": device_name or device.type,

@@ -19,11 +19,20 @@ from nmt import faults, progress
 from nmt import run_dir as run_dir_module
 from nmt import train as train_module
 from nmt.checkpoint import load_checkpoint, step_checkpoints
-from nmt.config import Config, DecodeConfig, ModelConfig, TrainConfig
+from nmt.config import (
+    Config,
+    DecodeConfig,
+    EvaluateConfig,
+    ModelConfig,
+    TrainConfig,
+    TranslateConfig,
+)
 from nmt.errors import UserError
+from nmt.models import build_model
 from nmt.optim import Schedule
 from nmt.run_dir import HISTORY_NAME
 from nmt.train import train
+from nmt.translate import evaluate_checkpoint
 from tests.toy import toy_data_config, write_toy_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +137,36 @@ def test_time_to_quality_finds_the_first_checkpoint_at_the_fraction(tmp_path: Pa
     assert (found["reached_step"], found["reached_seconds"]) == (200, 120.0)
     assert (found["final_bleu"], found["final_step"], found["final_seconds"]) == (33.0, 400, 240.0)
     assert "33.00" in done.stdout and "detokenized and cased" in done.stdout
+
+
+def test_results_table_reports_the_kept_model_and_the_seed_spread(tmp_path: Path):
+    run_dirs = []
+    for seed in (1, 2):
+        cfg = tiny_config(tmp_path, "transformer", seed=seed, max_steps=4, validate_every=2,
+                          keep_last=2, average_last=2)  # fmt: skip
+        train(cfg, tmp_path / f"seed{seed}")
+        evaluate_checkpoint(TranslateConfig(ckpt=str(tmp_path / f"seed{seed}")), EvaluateConfig())
+        run_dirs.append(tmp_path / f"seed{seed}")
+    script = REPO_ROOT / "scripts" / "results_table.py"
+    output = tmp_path / "rows.json"
+    command = [sys.executable, str(script), *map(str, run_dirs), "--json", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(output.read_text())
+    for row, run_dir in zip(rows, run_dirs, strict=True):
+        kept = checkpoint_module.checkpoint_file(run_dir)
+        test = json.loads((run_dir / f"eval_{kept.stem}.json").read_text())["results"][1]
+        vocab = load_checkpoint(kept)["model"]["output.weight"].shape[0]
+        model = build_model(cfg.model, vocab, vocab)  # tied embeddings count once
+        assert row["kept"] == kept.name and row["bleu"] == test["bleu"] and row["steps"] == 4
+        assert row["parameters"] == sum(p.numel() for p in model.parameters())
+    done = subprocess.run([*command, "--seeds"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (merged,) = json.loads(output.read_text())
+    bleus = [row["bleu"] for row in rows]
+    assert merged["bleu"] == pytest.approx(sum(bleus) / 2)
+    assert merged["bleu_std"] == pytest.approx(abs(bleus[0] - bleus[1]) / 2**0.5)
+    assert f"{merged['bleu']:.2f} ± {merged['bleu_std']:.2f}" in done.stdout
 
 
 def test_linear_schedule_decays_to_zero_at_the_step_budget(tmp_path: Path):
