@@ -92,6 +92,16 @@ def test_defaults_and_directions():
     assert en_de.name == "rnn_multi30k_en_de"
 
 
+def test_plain_train_runs_the_headline_recipe():
+    # `make train` with no ARGS is the best de->en recipe; the experiment file spells it out
+    plain = to_config(compose_config([]))
+    headline = to_config(compose_config(["experiment=transformer_multi30k_de_en"]))
+    assert plain == headline
+    assert plain == Config(data=plain.data, name=plain.name)  # and so are the schema defaults
+    assert (plain.model.hidden_size, plain.train.schedule, plain.train.average_last) == (
+        128, "linear", 5)  # fmt: skip
+
+
 def test_data_root_follows_environment_then_override(monkeypatch):
     monkeypatch.setenv("NMT_DATA_DIR", "/mnt/m30k")
     assert to_config(compose_config([])).data.root == "/mnt/m30k"
@@ -192,7 +202,7 @@ OUT_OF_RANGE = [
     ("data.clean.normalization=NFX", "one of NFC, NFKC, NFD, NFKD, none"),
     ("data.clean.on_decode_error=ignore", "one of error, replace"),
     ("data.spm.model_type=wordpiece", "one of bpe, unigram, char, word"),
-    ("model.num_heads=3", "model.hidden_size=256 is not divisible by model.num_heads=3"),
+    ("model.num_heads=3", "model.hidden_size=128 is not divisible by model.num_heads=3"),
     ("data.spm.joint=false", "model.tie_embeddings=true shares one embedding table"),
     ("train.schedule=linear", None),  # the default max_epochs is a budget to decay over
     ("model.dropout=0", None),

@@ -49,7 +49,7 @@ def start(arch: str, corpus: Path, run_dir: Path, pause: str = "") -> subprocess
         "data.spm.vocab_size=300", *MODELS[arch], "model.dropout=0.1", "train.device=cpu",
         "train.precision=fp32", "train.max_steps=12", "train.max_epochs=null",
         "train.max_tokens=2400", "train.warmup_steps=4", "train.lr=3e-3",
-        "train.validate_every=4", "train.log_every=2", "train.keep_last=2",
+        "train.validate_every=4", "train.log_every=2", "train.keep_last=2", "train.average_last=0",
         "train.num_heatmaps=1", "decode.beam_size=1", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NMT_PAUSE_AT": pause,

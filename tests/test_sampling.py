@@ -105,7 +105,8 @@ def test_sample_scores_are_the_model_log_probabilities_sorted_best_first():
         return probs_of(table.get(prefix, {EOS_ID: 1.0}))
 
     src = torch.tensor([[4, EOS_ID], [5, EOS_ID]])
-    cfg = DecodeConfig(sample=True, nbest=20, seed=1, max_len_a=0.0, max_len_b=2)
+    cfg = DecodeConfig(sample=True, nbest=20, seed=1, max_len_a=0.0, max_len_b=2,
+                       length_penalty=1.0)  # fmt: skip
     found = search(ScriptedModel(scripted), src, src != 0, cfg)
     for samples in found.nbest:
         scores = [h.score for h in samples]

@@ -51,6 +51,7 @@ def tiny_config(tmp_path: Path, arch: str, **train_settings) -> Config:
     settings = dict(
         device="cpu", precision="fp32", max_steps=8, max_epochs=None, max_tokens=2400,
         warmup_steps=4, lr=3e-3, validate_every=4, log_every=2, num_heatmaps=1, patience=None,
+        schedule="inverse_sqrt", average_last=0,  # a step's rate does not depend on max_steps
     )  # fmt: skip
     settings.update(train_settings)
     return Config(
