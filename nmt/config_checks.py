@@ -184,13 +184,15 @@ def _check_combinations(cfg: ConfigLike) -> None:
 def _check_translate(translate: ConfigLike) -> None:
     """What the CTranslate2 engine cannot honour: it runs one exported model and returns no
     attention."""
-    if translate.engine == "ctranslate2" and translate.ensemble:
+    if translate.engine != "ctranslate2":
+        return
+    if translate.ensemble:
         raise UserError(
             "translate.ensemble averages nmt checkpoints: leave it out with "
             "translate.engine=ctranslate2, which runs one exported model"
         )
     for key in ("attention_dir", "alignments"):
-        if translate.engine == "ctranslate2" and getattr(translate, key):
+        if getattr(translate, key):
             raise UserError(
                 f"translate.{key} reads nmt's own attention: leave it out with "
                 "translate.engine=ctranslate2, or translate the checkpoint with "

@@ -18,12 +18,13 @@ import re
 import statistics
 from pathlib import Path
 
-import torch
 from time_to_quality import read_history, time_to_quality
 
-from nmt.checkpoint import checkpoint_file, load_checkpoint, step_checkpoints
-from nmt.config import Config, from_dict
+from nmt.checkpoint import load_checkpoint, step_checkpoints
+from nmt.config import Config
+from nmt.models import count_parameters
 from nmt.run_dir import AVERAGE_NAME
+from nmt.translator import Translator
 
 SCORES = ("bleu", "chrf", "bleu_lc")
 
@@ -34,15 +35,6 @@ def model_words(cfg: Config) -> str:
         layers = f"{model.num_encoder_layers}+{model.num_decoder_layers}"
         return f"Transformer {layers} × {model.hidden_size}"
     return f"Bahdanau bi{model.rnn_type.upper()} {model.hidden_size}"
-
-
-def count_parameters(state: dict[str, torch.Tensor]) -> int:
-    """Parameters of a saved model, each shared (tied) tensor once."""
-    seen: dict[int, int] = {}
-    for tensor in state.values():
-        if tensor.is_floating_point():
-            seen[tensor.untyped_storage().data_ptr()] = tensor.numel()
-    return sum(seen.values())
 
 
 def read_log_facts(run_dir: Path) -> tuple[str, int | None]:
@@ -57,9 +49,8 @@ def read_log_facts(run_dir: Path) -> tuple[str, int | None]:
 
 def run_row(run_dir: Path, split: str | None) -> dict:
     """One run's facts and scores; the scores of the checkpoint the run kept as its model."""
-    kept = checkpoint_file(run_dir)
-    state = load_checkpoint(kept)
-    cfg = from_dict(state["config"])
+    translator = Translator.load(run_dir, device="cpu", precision="fp32")  # the kept model
+    kept, cfg = translator.path, translator.ckpt_cfg
     evaluation = run_dir / f"eval_{kept.stem}.json"
     if not evaluation.is_file():
         raise SystemExit(f"{evaluation} is missing: run `make evaluate CKPT={run_dir}` first")
@@ -77,7 +68,7 @@ def run_row(run_dir: Path, split: str | None) -> dict:
         "seed": cfg.train.seed,
         "model": model_words(cfg),
         "direction": f"{cfg.data.src_lang}→{cfg.data.tgt_lang}",
-        "parameters": count_parameters(state["model"]),
+        "parameters": sum(count_parameters(translator.model).values()),
         "device": device,
         "epochs": round(epochs, 1),
         "steps": progress["step"],
