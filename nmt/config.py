@@ -201,7 +201,7 @@ class DecodeConfig:
 class TranslateConfig:
     """`nmt translate` and `nmt evaluate`: which checkpoint, on what, and what to read and write."""
 
-    ckpt: str | None = None  # a checkpoint file, or a run directory (its best.pt)
+    ckpt: str | None = None  # a checkpoint file, or a run directory (its kept model)
     input: str | None = None  # translate: a text file, one sentence a line; null for stdin
     output: str | None = None  # translate: the file to write; null for stdout
     device: str = "auto"  # auto | cpu | cuda

@@ -115,7 +115,10 @@ def eflomal_links(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("ckpt", help="a checkpoint file or a run directory (its best.pt)")
+    parser.add_argument(
+        "ckpt",
+        help="a checkpoint file or a run directory (the model it kept: best.pt or averaged.pt)",
+    )
     parser.add_argument("--splits", nargs="+", help="default: val and the test splits")
     parser.add_argument("--data-root", help="the corpus folder, if not where training read it")
     parser.add_argument("--output", type=Path, help="JSON of every row (and the links' files)")

@@ -25,7 +25,10 @@ from nmt.translator import Translator
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("ckpt", help="a checkpoint file or a run directory (its best.pt)")
+    parser.add_argument(
+        "ckpt",
+        help="a checkpoint file or a run directory (the model it kept: best.pt or averaged.pt)",
+    )
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.6, 1.0, 1.4])
     parser.add_argument("--device", default="auto")
