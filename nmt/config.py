@@ -185,7 +185,7 @@ class DecodeConfig:
     typed on their command line."""
 
     beam_size: int = 5  # 1 = greedy search
-    length_penalty: float = 1.4  # GNMT alpha, chosen on de->en val for the default recipe; 0: off
+    length_penalty: float = 1.2  # GNMT alpha, chosen on de->en val for the default recipe; 0: off
     max_len_a: float = 1.5  # max output length = a * source length + b
     max_len_b: int = 10
     max_sentences: int = 64  # most sentences per search batch (translate.max_tokens also bounds it)
