@@ -65,7 +65,7 @@ class Ct2Search:
         self, src_ids: Sequence[list[int]], decode: DecodeConfig, *, max_tokens: int
     ) -> list[list[Hypothesis]]:
         """The n-best list of every source (ids without EOS), in input order, batched as
-        `nmt.search.search_in_order` batches (sorted by length, `max_tokens` source tokens and
+        `nmt.decoding.search_in_order` batches (sorted by length, `max_tokens` source tokens and
         `decode.max_sentences` sentences at most); an empty source gives an empty output."""
         results = [[Hypothesis([], 0.0, True)] for _ in src_ids]
         real = [i for i, ids in enumerate(src_ids) if ids]

@@ -20,9 +20,9 @@ from torch import Tensor
 from nmt.config import Config
 from nmt.data import PreparedData
 from nmt.data.batching import column, iterate_batches, length_array, plan_batches
+from nmt.decoding import search_in_order
 from nmt.device import autocast
 from nmt.models.base import Seq2Seq
-from nmt.search import search_in_order
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 

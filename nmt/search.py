@@ -1,11 +1,11 @@
-"""Greedy search, batched beam search and sampling over the `Seq2Seq` contract only: `encode`,
-`decode`, `select`; and `search_in_order`, which searches many sentences in length-sorted
-batches and keeps their order.
+"""Greedy search and batched beam search over the `Seq2Seq` contract only: `encode`, `decode`,
+`select`; the hypotheses they return, and the building blocks that sampling (`nmt.sampling`)
+shares with them.
 
 Letters: B batch, S source length, V vocabulary, K beam size, N n-best size, W the longest
 output length allowed in the batch. Masks are bool with True = real token.
 
-Conventions shared by all three searches:
+Conventions shared by all three searches (greedy, beam, sampling):
 - |Y|, the length of a hypothesis, counts its scored steps: its tokens plus EOS when it ended
   with one. A sentence of real source length s decodes at most max(1, floor(a·s + b)) steps, so
   an output never has more than that many tokens; one that reaches the limit without EOS is
@@ -17,16 +17,13 @@ Conventions shared by all three searches:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nmt.config import DecodeConfig
-from nmt.data.batching import collate, plan_batches
-from nmt.device import autocast
 from nmt.models.base import MEAN_OF_LAST_LAYER, AttentionChoice, Memory, Seq2Seq, State, select
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -114,12 +111,12 @@ def greedy_search(
     With `need_attention`, each hypothesis carries the cross-attention that `attention` picks.
     """
     max_lens = max_output_lengths(src_mask, max_len_a, max_len_b)
-    tokens, scores, num_steps, attn = _decode_rows(
+    tokens, scores, num_steps, attn = decode_rows(
         model, model.encode(src, src_mask), max_lens, like=src, pick=_most_probable,
         need_attention=need_attention, attention=attention,
     )  # fmt: skip
     scores = scores / gnmt_penalty(num_steps, length_penalty)
-    return _to_result(
+    return to_result(
         tokens[:, None], scores[:, None], num_steps[:, None], _unsqueeze(attn), src_mask
     )
 
@@ -130,7 +127,7 @@ def _most_probable(log_probs: Tensor) -> tuple[Tensor, Tensor]:
     return token, score
 
 
-def _decode_rows(
+def decode_rows(
     model: Seq2Seq,
     memory: Memory,
     max_lens: Tensor,
@@ -338,156 +335,14 @@ def beam_search(
         if keep.numel() < done.numel():
             memory = select(memory, (keep[:, None] * k + beam_rows).flatten())
 
-    return _to_result(finished.tokens, finished.scores, finished.num_steps, finished.attn, src_mask)
-
-
-def filter_log_probs(log_probs: Tensor, *, temperature: float, top_k: int, top_p: float) -> Tensor:
-    """The distribution sampling draws from: `log_probs` (b, V) divided by `temperature`,
-    renormalised, cut to the `top_k` most probable tokens (0 = all) and then to the smallest
-    set whose probability reaches `top_p` (nucleus sampling, Holtzman et al. 2020), and
-    renormalised again; cut tokens get -inf. The most probable token always survives.
-    """
-    log_probs = torch.log_softmax(log_probs / temperature, dim=-1)
-    if 0 < top_k < log_probs.size(-1):
-        cut = torch.ones_like(log_probs, dtype=torch.bool)
-        cut.scatter_(-1, log_probs.topk(top_k, dim=-1).indices, False)  # exactly k, ties too
-        log_probs = log_probs.masked_fill(cut, float("-inf"))
-    if top_p < 1.0:
-        sorted_log_probs, order = log_probs.sort(dim=-1, descending=True)
-        before = sorted_log_probs.exp().cumsum(dim=-1) - sorted_log_probs.exp()
-        cut = before >= top_p  # the mass of the more probable tokens already reaches top_p
-        cut[:, 0] = False
-        log_probs = log_probs.scatter(-1, order, sorted_log_probs.masked_fill(cut, float("-inf")))
-    return torch.log_softmax(log_probs, dim=-1)
-
-
-@torch.no_grad()
-def sample_search(
-    model: Seq2Seq,
-    src: Tensor,
-    src_mask: Tensor,
-    *,
-    num_samples: int,
-    generator: torch.Generator,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    max_len_a: float,
-    max_len_b: float,
-    length_penalty: float = 0.0,
-    need_attention: bool = False,
-    attention: AttentionChoice = MEAN_OF_LAST_LAYER,
-) -> SearchResult:
-    """`num_samples` outputs per sentence of `src` (B, S), each token drawn from the model's
-    next-token distribution reshaped by `filter_log_probs` (for back-translation, Edunov et
-    al. 2018). Draws come from `generator` alone, so a seed reproduces them.
-
-    Scores are the model's own log-probabilities of the drawn tokens (before temperature and
-    truncation) / lp(|Y|), so they compare with beam search's; each sentence's samples are
-    sorted by score, best first. Rows leave the batch when they draw EOS or reach their length.
-    """
-    batch_size, src_len = src.shape
-    n = num_samples
-    rows = torch.arange(batch_size, device=src.device).repeat_interleave(n)  # row i·N + j
-    max_lens = max_output_lengths(src_mask.index_select(0, rows), max_len_a, max_len_b)
-
-    def draw(log_probs: Tensor) -> tuple[Tensor, Tensor]:
-        draw_from = filter_log_probs(log_probs, temperature=temperature, top_k=top_k, top_p=top_p)
-        token = torch.multinomial(draw_from.exp(), 1, generator=generator).squeeze(1)
-        return token, log_probs.gather(1, token[:, None]).squeeze(1)
-
-    tokens, scores, num_steps, attn = _decode_rows(
-        model, select(model.encode(src, src_mask), rows), max_lens, like=src, pick=draw,
-        need_attention=need_attention, attention=attention,
-    )  # fmt: skip
-    width = tokens.shape[1]
-    scores = (scores / gnmt_penalty(num_steps, length_penalty)).view(batch_size, n)
-    scores, order = scores.sort(dim=1, descending=True)
-    pick = (order + torch.arange(batch_size, device=src.device)[:, None] * n).flatten()
-    tokens, num_steps = tokens[pick].view(batch_size, n, width), num_steps[pick].view(batch_size, n)
-    if attn is not None:
-        attn = attn[pick].view(batch_size, n, width, src_len)
-    return _to_result(tokens, scores, num_steps, attn, src_mask)
-
-
-def sampler(cfg: DecodeConfig, device: torch.device) -> torch.Generator:
-    """The random stream of `decode.sample`, seeded with `decode.seed` on `device`."""
-    return torch.Generator(device=device).manual_seed(cfg.seed)
-
-
-def search(
-    model: Seq2Seq,
-    src: Tensor,
-    src_mask: Tensor,
-    cfg: DecodeConfig,
-    *,
-    need_attention: bool = False,
-    attention: AttentionChoice = MEAN_OF_LAST_LAYER,
-    generator: torch.Generator | None = None,
-) -> SearchResult:
-    """Greedy search for `cfg.beam_size` 1, beam search otherwise, sampling with `cfg.sample`
-    (from `generator`, or a new one seeded with `cfg.seed`); scores use `cfg.length_penalty`
-    either way. `src` (B, S) ids, `src_mask` (B, S). Call with the model in eval mode.
-    """
-    lengths = {"max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b}
-    if cfg.sample:
-        return sample_search(model, src, src_mask, **lengths, num_samples=cfg.nbest,
-                             generator=generator or sampler(cfg, src.device),
-                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                             length_penalty=cfg.length_penalty,
-                             need_attention=need_attention, attention=attention)  # fmt: skip
-    if cfg.beam_size == 1 and cfg.nbest == 1:
-        return greedy_search(model, src, src_mask, **lengths, length_penalty=cfg.length_penalty,
-                             need_attention=need_attention, attention=attention)  # fmt: skip
-    return beam_search(model, src, src_mask, **lengths, beam_size=cfg.beam_size,
-                       length_penalty=cfg.length_penalty, nbest=cfg.nbest,
-                       need_attention=need_attention, attention=attention)  # fmt: skip
-
-
-@torch.inference_mode()
-def search_in_order(
-    model: Seq2Seq,
-    src_ids: Sequence[list[int]],
-    cfg: DecodeConfig,
-    *,
-    device: torch.device,
-    precision: torch.dtype,
-    max_tokens: int,
-    need_attention: bool = False,
-    attention: AttentionChoice = MEAN_OF_LAST_LAYER,
-) -> list[list[Hypothesis]]:
-    """The n-best list of every source (ids without EOS), in the order of `src_ids`.
-
-    Sources are sorted by length and cut into batches of at most `max_tokens` source tokens
-    (EOS included) and `cfg.max_sentences` sentences, so that little of each batch is padding;
-    no length is rounded up (search compiles nothing). An empty source gets an empty output
-    without a search, and so does one too long for `max_tokens` alone (`plan_batches` warns):
-    callers truncate sources to fit. Validation and both commands decode through here.
-    """
-    model.eval()
-    generator = sampler(cfg, device) if cfg.sample else None  # one stream for all batches
-    results = [[Hypothesis([], 0.0, True)] for _ in src_ids]
-    real = [i for i, ids in enumerate(src_ids) if ids]
-    lengths = [len(src_ids[i]) for i in real]
-    plan = plan_batches(lengths, [0] * len(real), max_tokens, pad_multiple=1,
-                        max_sentences=cfg.max_sentences)  # fmt: skip
-    for batch in plan:
-        rows = [real[i] for i in batch]
-        padded = collate([src_ids[r] for r in rows], [[] for _ in rows], rows, pad_multiple=1)
-        with autocast(device, precision):
-            found = search(model, padded.src.to(device), padded.src_mask.to(device), cfg,
-                           need_attention=need_attention, attention=attention,
-                           generator=generator)  # fmt: skip
-        for row, nbest in zip(rows, found.nbest):
-            results[row] = nbest
-    return results
+    return to_result(finished.tokens, finished.scores, finished.num_steps, finished.attn, src_mask)
 
 
 def _unsqueeze(x: Tensor | None) -> Tensor | None:
     return None if x is None else x[:, None]
 
 
-def _to_result(
+def to_result(
     tokens: Tensor, scores: Tensor, num_steps: Tensor, attn: Tensor | None, src_mask: Tensor
 ) -> SearchResult:
     """Tensors of the N best per sentence -> `SearchResult`: `tokens` (B, N, W) with EOS,

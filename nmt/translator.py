@@ -21,13 +21,14 @@ from nmt.checkpoint import checkpoint_file, load_checkpoint
 from nmt.config import Config, DecodeConfig, from_dict
 from nmt.data.batching import chunks
 from nmt.data.clean import has_control_chars, normalize
+from nmt.decoding import search_in_order
 from nmt.device import resolve_device, resolve_precision
 from nmt.errors import UserError
 from nmt.models import build_model
 from nmt.models.base import MEAN_OF_LAST_LAYER, AttentionChoice, Seq2Seq
 from nmt.models.ensemble import Ensemble
 from nmt.scoring import UNSCORED, PairScore, score_in_order
-from nmt.search import Hypothesis, search_in_order
+from nmt.search import Hypothesis
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class SearchEngine(Protocol):
         self, src_ids: Sequence[list[int]], decode: DecodeConfig, *, max_tokens: int
     ) -> list[list[Hypothesis]]:
         """The n-best list of every source (ids without EOS), in the order of `src_ids`, as
-        `nmt.search.search_in_order` returns it."""
+        `nmt.decoding.search_in_order` returns it."""
         ...
 
 

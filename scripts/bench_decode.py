@@ -22,10 +22,10 @@ import torch
 
 from nmt.config import DecodeConfig, TranslateConfig, model_config
 from nmt.data.batching import chunks, collate
+from nmt.decoding import search
 from nmt.device import autocast, cpu_model, resolve_device, resolve_precision
 from nmt.models import build_model
 from nmt.models.base import DecoderOutput, Memory, Seq2Seq, State
-from nmt.search import search
 from nmt.translator import Translator
 from nmt.vocab import EOS_ID
 

@@ -42,7 +42,8 @@ def test_the_import_graph_has_no_cycle():
     except CycleError as error:
         raise AssertionError(f"import cycle: {error.args[1]}") from None
     assert order.index("nmt.vocab") < order.index("nmt.models.transformer")
-    assert order.index("nmt.search") < order.index("nmt.evaluate") < order.index("nmt.train")
+    assert order.index("nmt.search") < order.index("nmt.sampling") < order.index("nmt.decoding")
+    assert order.index("nmt.decoding") < order.index("nmt.evaluate") < order.index("nmt.train")
     assert order.index("nmt.translator") < order.index("nmt.translate") < order.index("nmt.cli")
 
 
@@ -56,7 +57,8 @@ def test_only_the_entry_point_imports_inside_functions():
 def test_models_search_and_training_keep_to_their_contracts():
     imports = graph()
     concrete = {"nmt.models.rnn", "nmt.models.transformer"}
-    for user in ("nmt.search", "nmt.train", "nmt.evaluate", "nmt.translator", "nmt.tracking"):
+    searchers = ("nmt.search", "nmt.sampling", "nmt.decoding")
+    for user in (*searchers, "nmt.train", "nmt.evaluate", "nmt.translator", "nmt.tracking"):
         assert not imports[user] & concrete, f"{user} imports a concrete model"
     for model in ("nmt.models.base", *concrete):
         assert "nmt.tokenizer" not in imports[model], f"{model} imports SentencePiece"

@@ -13,8 +13,9 @@ import torch
 
 from nmt.config import Config, DecodeConfig
 from nmt.config_checks import check_config
+from nmt.decoding import search, search_in_order
 from nmt.errors import UserError
-from nmt.search import filter_log_probs, sample_search, search, search_in_order
+from nmt.sampling import filter_log_probs, sample_search
 from nmt.vocab import EOS_ID
 from tests.test_search import ScriptedModel, probs_of
 

@@ -15,11 +15,12 @@ import torch
 
 from nmt.config import EvaluateConfig, ScoreConfig, TranslateConfig
 from nmt.data.batching import collate
+from nmt.decoding import search_in_order
 from nmt.errors import UserError
 from nmt.models.ensemble import Ensemble
 from nmt.score import score_pairs
 from nmt.scoring import force_decode, score_in_order
-from nmt.search import _next_log_probs, search_in_order
+from nmt.search import _next_log_probs
 from nmt.train import train
 from nmt.translate import evaluate_checkpoint, translate_file
 from nmt.translator import Translator

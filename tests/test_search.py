@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.decoding import search, search_in_order
 from nmt.models import build_model
 from nmt.models.base import AttentionChoice, DecoderOutput, Memory, Seq2Seq, State
 from nmt.search import (
@@ -28,8 +29,6 @@ from nmt.search import (
     gnmt_penalty,
     greedy_search,
     max_output_lengths,
-    search,
-    search_in_order,
 )
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -436,16 +435,25 @@ def test_search_in_order_keeps_input_order_whatever_the_batches(beam_size: int) 
                 assert len(hyps) == 1 and hyps[0].tokens == [] and hyps[0].eos
 
 
-def test_search_imports_only_the_contract() -> None:
-    source = Path(__file__).parents[1] / "nmt" / "search.py"
+SEARCH_MODULE_IMPORTS = {
+    "search.py": {"nmt.models.base", "nmt.vocab"},
+    "sampling.py": {"nmt.models.base", "nmt.config", "nmt.search"},
+    "decoding.py": {"nmt.models.base", "nmt.config", "nmt.data.batching", "nmt.device",
+                    "nmt.search", "nmt.sampling"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", SEARCH_MODULE_IMPORTS)
+def test_search_imports_only_the_contract(module: str) -> None:
+    source = Path(__file__).parents[1] / "nmt" / module
     imported = set()
     for node in ast.walk(ast.parse(source.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
-    allowed = {"nmt.models.base", "nmt.vocab", "nmt.config", "nmt.data.batching", "nmt.device"}
-    assert {name for name in imported if name.startswith("nmt")} <= allowed
+    nmt_modules = {name for name in imported if name.startswith("nmt")}
+    assert nmt_modules <= SEARCH_MODULE_IMPORTS[module]
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from nmt import search as search_module
+from nmt import decoding
 from nmt.alignment import parse_pharaoh
 from nmt.checkpoint import load_checkpoint
 from nmt.config import Config, DecodeConfig, EvaluateConfig, TranslateConfig
@@ -49,13 +49,13 @@ def trained(tmp_path_factory) -> tuple[Config, Path]:
 def searches(monkeypatch) -> list[DecodeConfig]:
     """The settings of every search call made while a test runs."""
     seen: list[DecodeConfig] = []
-    real = search_module.search
+    real = decoding.search
 
     def spy(model, src, src_mask, cfg, **options):
         seen.append(cfg)
         return real(model, src, src_mask, cfg, **options)
 
-    monkeypatch.setattr(search_module, "search", spy)
+    monkeypatch.setattr(decoding, "search", spy)
     return seen
 
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.decoding import search_in_order
 from nmt.models import Seq2Seq, build_model
 from nmt.models.base import select
 from nmt.models.ensemble import Ensemble
 from nmt.scoring import force_decode
-from nmt.search import beam_search, greedy_search, search_in_order, token_log_probs
+from nmt.search import beam_search, greedy_search, token_log_probs
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 40

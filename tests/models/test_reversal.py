@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from nmt.alignment import word_links
 from nmt.config import DecodeConfig, ModelConfig, SpmConfig
+from nmt.decoding import search_in_order
 from nmt.models import Seq2Seq, build_model
 from nmt.models.base import AttentionChoice
-from nmt.search import search_in_order
 from nmt.tokenizer import Tokenizer, train_tokenizer
 from nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 from tests.toy import WORD_VOCAB_SIZE, WORDS, toy_pairs
