@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 from nmt.config import SpmConfig
 from nmt.errors import UserError
@@ -52,6 +53,18 @@ class Tokenizer:
     def model_proto(self) -> bytes:
         """The serialized SentencePiece model, as checkpoints and exports carry it."""
         return self._sp.serialized_model_proto()
+
+    @property
+    def definition(self) -> bytes:
+        """The model as far as it maps text to ids and back: `model_proto` without the trainer's
+        bookkeeping (the temporary path it wrote to, its thread count). Two preparations of one
+        data config, on one machine or two, train the same pieces but record different
+        bookkeeping, so this, not `model_proto`, says whether two models are the same."""
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(self.model_proto)
+        for bookkeeping in ("model_prefix", "num_threads", "input"):
+            proto.trainer_spec.ClearField(bookkeeping)
+        return proto.SerializeToString(deterministic=True)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int)

@@ -179,10 +179,10 @@ class Translator:
     def _check_compatible(self, other: Translator) -> None:
         """Refuse an ensemble member that reads or writes other ids, or cleans text otherwise."""
         pairs = {
-            "target SentencePiece model": (self.tgt_tokenizer.model_proto,
-                                          other.tgt_tokenizer.model_proto),
-            "source SentencePiece model": (self.src_tokenizer.model_proto,
-                                          other.src_tokenizer.model_proto),
+            "target SentencePiece model": (self.tgt_tokenizer.definition,
+                                          other.tgt_tokenizer.definition),
+            "source SentencePiece model": (self.src_tokenizer.definition,
+                                          other.src_tokenizer.definition),
             "data.clean.normalization": (self.ckpt_cfg.data.clean.normalization,
                                          other.ckpt_cfg.data.clean.normalization),
         }  # fmt: skip

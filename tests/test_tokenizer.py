@@ -67,3 +67,18 @@ def test_each_subword_belongs_to_the_word_it_spells(tmp_path: Path, byte_fallbac
             else:  # <unk> spells ⁇, but its word is the source word it stands in
                 assert len(spelt) == len(which.split()), (text, spelt)
     assert tokenizer.output_words([]) == [] == tokenizer.source_words("")
+
+
+def test_one_model_trained_twice_is_the_same_model_wherever_it_was_written(tmp_path: Path):
+    """Two preparations of one data config write their tokenizers to different temporary paths:
+    the serialized models differ in that bookkeeping alone, and `definition` (what an ensemble
+    compares) sees through it; another vocabulary size is another model."""
+    trained = {}
+    for name, vocab_size in (("a.tmp-1", 300), ("b.tmp-2", 300), ("c", 310)):
+        (tmp_path / name).mkdir()
+        trained[name] = train_tokenizer(SENTENCES * 30, tmp_path / name / "spm",
+                                        SpmConfig(vocab_size=vocab_size))  # fmt: skip
+    first, again, other = trained.values()
+    assert first.model_proto != again.model_proto
+    assert first.definition == again.definition == Tokenizer(again.model_proto).definition
+    assert first.definition != other.definition
