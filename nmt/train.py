@@ -46,7 +46,7 @@ from nmt.errors import Interrupted, UserError
 from nmt.evaluate import ValidationResult, cross_entropy_sum, validate
 from nmt.models import build_model, model_summary
 from nmt.models.base import Seq2Seq
-from nmt.optim import Schedule, divergence_advice, make_optimizer
+from nmt.optim import Schedule, divergence_advice, linear_peak, make_optimizer
 from nmt.progress import Progress, budget_used, epoch_plan, over_limit, total_steps
 from nmt.run_dir import RunDir
 from nmt.signals import StopRequest
@@ -138,6 +138,10 @@ def setup(cfg: Config, run_dir: RunDir, dist: Distributed, stop: StopRequest) ->
                  describe_device(dist.device), summary)  # fmt: skip
     progress = Progress()
     steps = total_steps(cfg.train, src_lens, tgt_lens, dist.world_size)
+    if dist.is_main and steps and cfg.train.schedule == "linear" and cfg.train.max_time is None:
+        peak_step, peak_lr = linear_peak(cfg.train, steps)
+        log.info("schedule linear: peak lr %.2e (%.0f%% of train.lr) at step %s, zero at step %s",
+                 peak_lr, 100 * peak_lr / cfg.train.lr, f"{peak_step:,}", f"{steps:,}")  # fmt: skip
     wrapped = DistributedDataParallel(model) if dist.world_size > 1 else model
     run = Run(
         cfg=cfg, run_dir=run_dir, data=data, model=model, precision=precision, dist=dist,

@@ -29,7 +29,7 @@ from nmt.config import (
 )
 from nmt.errors import UserError
 from nmt.models import build_model
-from nmt.optim import Schedule
+from nmt.optim import Schedule, linear_peak
 from nmt.run_dir import HISTORY_NAME
 from nmt.train import train
 from nmt.translate import evaluate_checkpoint
@@ -184,6 +184,16 @@ def test_linear_schedule_decays_to_zero_at_the_step_budget(tmp_path: Path):
     with pytest.raises(UserError, match=r"train\.schedule=linear decays to zero"):
         unbounded = dataclasses.replace(timed, max_time=None)
         progress.budget_used(unbounded, state, 3, None)
+
+
+def test_linear_schedule_peaks_below_lr_where_the_warm_up_meets_the_decay(tmp_path: Path):
+    cfg = tiny_config(tmp_path, "rnn", schedule="linear", warmup_steps=2000, lr=5e-3)
+    schedule = Schedule(cfg.train, lambda step: step / 6960)  # 30 epochs of Multi30k de->en
+    rates = [schedule.lr(step) for step in range(6960)]
+    step, rate = linear_peak(cfg.train, 6960)
+    assert rate == max(rates) and step == rates.index(rate) == 1553
+    assert rate == pytest.approx(5e-3 * 6961 / 8960, rel=1e-3)  # 78% of train.lr
+    assert linear_peak(dataclasses.replace(cfg.train, warmup_steps=0), 6960) == (0, 5e-3)
 
 
 def test_plateau_schedule_halves_after_three_validations_without_progress(tmp_path: Path):
