@@ -346,6 +346,8 @@ def average_last(run: Run) -> None:
 
     A finished run started again (same command) keeps the choice it made for these checkpoints.
     """
+    if run.cfg.train.average_last < 2:  # 0 or 1: off (and [-0:] would be every checkpoint)
+        return
     paths = step_checkpoints(run.run_dir.path)[-run.cfg.train.average_last :]
     steps = [int(path.stem.removeprefix("step_")) for path in paths]
     record = run.run_dir.average_record()

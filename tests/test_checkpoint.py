@@ -81,7 +81,8 @@ def test_average(tmp_path: Path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert load_checkpoint(tmp_path / "averaged.pt")["model"]["w"].tolist() == [4.0] * 3
+    assert load_checkpoint(tmp_path / "average_last2.pt")["model"]["w"].tolist() == [4.0] * 3
+    assert not (tmp_path / "averaged.pt").exists()  # the name of a validated average only
 
 
 def test_bad_checkpoints_are_one_line_errors(tmp_path: Path):

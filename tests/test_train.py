@@ -457,6 +457,16 @@ def test_average_of_the_last_checkpoints_is_the_model_only_if_it_validates_bette
     assert checkpoint_module.checkpoint_file(run_dir) == run_dir / model_file
 
 
+@pytest.mark.parametrize("average_last", [0, 1])
+def test_average_last_below_two_averages_nothing(tmp_path: Path, average_last: int):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=4, validate_every=2, keep_last=3,
+                      average_last=average_last)  # fmt: skip
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    assert len(step_checkpoints(run_dir)) >= 2  # there was something to average
+    assert not (run_dir / "average.json").exists() and not (run_dir / "averaged.pt").exists()
+
+
 def test_an_average_older_than_the_latest_checkpoint_is_not_the_model(tmp_path: Path):
     cfg = tiny_config(tmp_path, "rnn", max_steps=4, validate_every=2, keep_last=2, average_last=2)
     run_dir = tmp_path / "run"
