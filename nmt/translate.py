@@ -260,9 +260,12 @@ class _Outputs:
 
 
 def _read_text(path: Path, key: str) -> list[str]:
+    """The lines of `path`, split at "\n" only (as sacreBLEU reads them); a last line without
+    its newline is still a line."""
     if not path.is_file():
         raise UserError(f"{path} does not exist ({key})")
-    return path.read_text(encoding="utf-8").split("\n")[:-1] if path.stat().st_size else []
+    text = path.read_text(encoding="utf-8")
+    return text.removesuffix("\n").split("\n") if text else []
 
 
 def score_files(hypotheses: Path, references: Path) -> dict:

@@ -298,6 +298,11 @@ def test_reference_scored_against_itself_matches_sacrebleu(tmp_path: Path):
     with pytest.raises(UserError, match="has 3 lines but"):
         (tmp_path / "short.txt").write_text("a\nb\nc\n")
         score_files(tmp_path / "short.txt", path)
+    # a last line without its newline still counts, on either side
+    unterminated = tmp_path / "unterminated.txt"
+    unterminated.write_text("\n".join(refs))
+    assert score_files(unterminated, path)["lines"] == 4
+    assert score_files(unterminated, path)["bleu"] == pytest.approx(100.0)
 
 
 def test_evaluate_checkpoint_scores_each_split(trained, tmp_path: Path):
