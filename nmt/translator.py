@@ -225,10 +225,11 @@ class Translator:
 
     def max_src_len(self, decode: DecodeConfig, max_tokens: int) -> int:
         """Longest source (subwords, EOS excluded) the model reads and answers within its
-        `max_positions` (the longest output, a·S + b, must fit too), and that fits a search
-        batch of `max_tokens` with its EOS and the empty target's one slot."""
+        `max_positions` (the longest output, a·(S + 1) + b steps as search counts the EOS, must
+        fit too), and that fits a search batch of `max_tokens` with its EOS and the empty
+        target's one slot."""
         limit = self.max_positions - 1
-        by_output = int((limit - decode.max_len_b) / max(decode.max_len_a, 1e-9))
+        by_output = int((self.max_positions - decode.max_len_b) / max(decode.max_len_a, 1e-9)) - 1
         return max(1, min(limit - 1, by_output, max_tokens - 2))
 
     def encode(self, texts: list[str], decode: DecodeConfig, max_tokens: int) -> list[list[int]]:

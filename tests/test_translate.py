@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
+import torch
 
 from nmt import decoding
 from nmt.alignment import parse_pharaoh
 from nmt.checkpoint import load_checkpoint
 from nmt.config import Config, DecodeConfig, EvaluateConfig, TranslateConfig
 from nmt.errors import UserError
+from nmt.search import max_output_lengths
 from nmt.train import train
 from nmt.translate import check_paths, evaluate_checkpoint, score_files, translate_file
 from nmt.translator import Translator
@@ -156,9 +158,16 @@ def test_alone_or_in_a_batch_and_from_a_copied_checkpoint(trained, tmp_path: Pat
     copy.write_bytes((run_dir / "best.pt").read_bytes())
     translator = Translator.load(copy, device="cpu", precision="fp32")
     assert translator.path == copy and translator.ckpt_cfg.decode == TRAINED_DECODE
-    # sources are cut to what max_positions 1024 can answer (1.2·849 + 4 ≤ 1023), or a batch holds
+    # sources are cut to what max_positions 1024 answers (1.2·(849 + 1) + 4 ≤ 1024) or a batch holds
     assert translator.max_src_len(TRAINED_DECODE, 8192) == 849
     assert translator.max_src_len(TRAINED_DECODE, 64) == 62
+    # the longest output a kept source may ask for fits max_positions too, whatever a and b
+    for a, b in ((2.0, 1), (3.0, 0), (1.5, 10), (1.2, 4), (0.0, 0)):
+        longest = translator.max_src_len(
+            dataclasses.replace(TRAINED_DECODE, max_len_a=a, max_len_b=b), 8192
+        )
+        with_eos = torch.ones(1, longest + 1, dtype=torch.bool)
+        assert max_output_lengths(with_eos, a, b).item() <= translator.max_positions, (a, b)
     sentences = ["alpha beta", "gamma delta epsilon zeta eta theta iota", "kappa"]
     decode = dataclasses.replace(cfg.decode, beam_size=4)
     together = [translator.detokenize(n[0])
