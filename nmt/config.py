@@ -175,7 +175,7 @@ class TrainConfig:
     average_last: int = 5
     log_every: int = 100  # steps between TensorBoard scalar writes
     max_nonfinite: int = 10  # consecutive non-finite losses tolerated before stopping
-    resume: bool = True  # continue from the run directory's latest checkpoint if present
+    resume: bool = True  # from the run directory's latest checkpoint; false: refuse a dir with one
 
 
 @dataclass

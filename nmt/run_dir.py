@@ -89,7 +89,12 @@ class RunDir:
     ) -> dict[str, Any] | None:
         """The latest checkpoint to resume from, if any (and `train.resume`), its settings
         checked against `cfg` (`resume_changes`; rank 0 logs what changes)."""
-        latest = checkpoint.latest_checkpoint(self.path) if cfg.train.resume else None
+        latest = checkpoint.latest_checkpoint(self.path)
+        if latest is not None and not cfg.train.resume:  # starting over here would mix two runs
+            raise UserError(
+                f"train.resume=false, but {self.path} holds checkpoints (latest {latest.name}): "
+                "start over in another hydra.run.dir, or delete them first"
+            )
         if latest is None:
             return None
         state = checkpoint.load_checkpoint(latest, map_location=map_location)

@@ -402,6 +402,13 @@ def test_resume_applies_a_new_learning_rate_and_refuses_a_new_model(tmp_path: Pa
     assert state["config"]["train"]["lr"] == 1e-3  # what actually ran
     schedule = Schedule(more, lambda step: 0.0)
     assert state["optimizer"]["param_groups"][0]["lr"] == schedule.lr(5)  # step 6 used it
+    # train.resume=false would start a second run among the first one's checkpoints: refused
+    before = sorted(p.name for p in run_dir.iterdir())
+    fresh = dataclasses.replace(more, resume=False)
+    with pytest.raises(UserError, match=r"train\.resume=false, but .* holds checkpoints"):
+        train(dataclasses.replace(cfg, train=fresh), run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert train(dataclasses.replace(cfg, train=fresh), tmp_path / "new").step == 6
 
 
 def test_a_run_directory_in_use_is_refused_before_any_work(tmp_path: Path):
