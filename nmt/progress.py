@@ -94,6 +94,12 @@ def budget_used(cfg: TrainConfig, progress: Progress, step: int, steps: int | No
     return max(used)
 
 
+def patience_ran_out(cfg: TrainConfig, progress: Progress) -> bool:
+    """Early stopping: `train.patience` validations in a row without a better BLEU (a run that
+    stopped so is finished, also when the same command starts it again)."""
+    return cfg.patience is not None and progress.bad_validations >= cfg.patience
+
+
 def over_limit(cfg: TrainConfig, progress: Progress) -> bool:
     """Whether a step, epoch or time limit is reached; the time budget keeps room for the final
     validation, which it expects to take as long as the latest one did."""

@@ -47,7 +47,14 @@ from nmt.evaluate import ValidationResult, cross_entropy_sum, validate
 from nmt.models import build_model, model_summary
 from nmt.models.base import Seq2Seq
 from nmt.optim import Schedule, divergence_advice, linear_peak, make_optimizer
-from nmt.progress import Progress, budget_used, epoch_plan, over_limit, total_steps
+from nmt.progress import (
+    Progress,
+    budget_used,
+    epoch_plan,
+    over_limit,
+    patience_ran_out,
+    total_steps,
+)
 from nmt.run_dir import RunDir
 from nmt.signals import StopRequest
 from nmt.tracking import Tracker
@@ -168,7 +175,8 @@ def loop(run: Run) -> None:
     src_lens, tgt_lens = length_array(split, "src_len"), length_array(split, "tgt_len")
     run.clock_start = time.perf_counter() - progress.elapsed
     # A resumed run may be finished, or owe the validation that a Ctrl-C cut short.
-    stop = (progress.validation_pending and validate_and_save(run)) or over_limit(cfg, progress)
+    stop = ((progress.validation_pending and validate_and_save(run)) or over_limit(cfg, progress)
+            or patience_ran_out(cfg, progress))  # fmt: skip
     while not stop:
         plan = epoch_plan(cfg, src_lens, tgt_lens, progress.epoch, run.dist.rank,
                           run.dist.world_size)  # fmt: skip
@@ -296,8 +304,7 @@ def validate_and_save(run: Run) -> bool:
         with run.stop.deferred():
             _commit_validation(run, result)
     run.schedule.scale = run.dist.broadcast([run.schedule.scale])[0]  # plateau: rank 0 decides
-    patience = run.cfg.train.patience
-    return run.dist.broadcast_flag(patience is not None and progress.bad_validations >= patience)
+    return run.dist.broadcast_flag(patience_ran_out(run.cfg.train, progress))
 
 
 def _validate(run: Run) -> ValidationResult | None:

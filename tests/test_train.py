@@ -411,6 +411,19 @@ def test_resume_applies_a_new_learning_rate_and_refuses_a_new_model(tmp_path: Pa
     assert train(dataclasses.replace(cfg, train=fresh), tmp_path / "new").step == 6
 
 
+def test_a_run_ended_by_patience_stays_ended_when_started_again(tmp_path: Path, monkeypatch):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=40, validate_every=2, patience=2)
+    real_validate = train_module.validate
+
+    def flat(*args, **kwargs):  # BLEU never improves after the first validation
+        return dataclasses.replace(real_validate(*args, **kwargs), bleu=10.0)
+
+    monkeypatch.setattr(train_module, "validate", flat)
+    run_dir = tmp_path / "run"
+    assert train(cfg, run_dir).step == 5  # best at 2; 4 and 5 (the toy epoch's end) no better
+    assert train(cfg, run_dir).step == 5  # the same command again: finished, nothing trained
+
+
 def test_a_run_directory_in_use_is_refused_before_any_work(tmp_path: Path):
     cfg = tiny_config(tmp_path, "rnn", max_steps=2)
     in_use = pytest.raises(UserError, match=rf"in use by nmt train, process {os.getpid()}")
