@@ -67,6 +67,11 @@ class Ct2Search:
         """The n-best list of every source (ids without EOS), in input order, batched as
         `nmt.decoding.search_in_order` batches (sorted by length, `max_tokens` source tokens and
         `decode.max_sentences` sentences at most); an empty source gives an empty output."""
+        if decode.sample:  # typed, or saved in the export: refused either way, not ignored
+            raise UserError(
+                "decode.sample draws outputs with nmt's own sampler: translate the checkpoint "
+                "with translate.engine=torch, or set decode.sample=false"
+            )
         results = [[Hypothesis([], 0.0, True)] for _ in src_ids]
         real = [i for i, ids in enumerate(src_ids) if ids]
         plan = plan_batches([len(src_ids[i]) for i in real], [0] * len(real), max_tokens,

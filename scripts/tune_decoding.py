@@ -1,9 +1,9 @@
 """Choose beam size and length penalty on the validation split (never on a test split).
 
-Translates the checkpoint's validation split once per (beam size, GNMT α) pair (its other
-search settings as the checkpoint's run had them), prints BLEU and chrF (sacreBLEU,
-detokenized and cased, against the raw references) and marks the best BLEU; the rows go to
-JSON as well. Set the winner in the experiment's `decode:` block.
+Translates the checkpoint's validation split once per (beam size, GNMT α) pair, greedy (beam 1)
+once with α 0 (its other search settings as the checkpoint's run had them, always searching),
+prints BLEU and chrF (sacreBLEU, detokenized and cased, against the raw references) and marks
+the best BLEU; the rows go to JSON as well. Set the winner in the experiment's `decode:` block.
 
     python scripts/tune_decoding.py runs/transformer_multi30k_de_en/main \\
         --beams 1 5 10 --alphas 0.6 1.0 1.4
@@ -46,9 +46,10 @@ def main() -> None:
     rows = []
     for beam in args.beams:  # α only changes how finished beams compare: greedy needs one
         for alpha in args.alphas if beam > 1 else [0.0]:
-            decode = dataclasses.replace(
-                translator.ckpt_cfg.decode, beam_size=beam, length_penalty=alpha, nbest=1
-            )
+            decode = dataclasses.replace(  # searched, even if the checkpoint's run sampled
+                translator.ckpt_cfg.decode, beam_size=beam, length_penalty=alpha, nbest=1,
+                sample=False,
+            )  # fmt: skip
             _, scores = translate_and_score(translator, raw, decode, **budget)
             rows.append({"beam": beam, "alpha": alpha, **dataclasses.asdict(scores)})
     best = max(rows, key=lambda row: row["bleu"])

@@ -155,6 +155,12 @@ def test_engine_keeps_one_line_per_input_line(tmp_path: Path, tokenizers):
     assert [outputs["ctranslate2"][i] for i in (0, 2, 5)] == ["", "", ""]
     assert outputs["ctranslate2"] == outputs["torch"]
     assert not list(tmp_path.glob(".*tmp*"))  # output renamed into place
+    # sampling is nmt's own: the engine refuses it rather than search instead
+    settings = TranslateConfig(ckpt=str(folder), input=str(source), output=str(output),
+                               device="cpu", engine="ctranslate2")  # fmt: skip
+    with pytest.raises(UserError, match=r"decode\.sample draws outputs with nmt's own sampler"):
+        translate_file(settings, decode_overrides={"sample": True})
+    assert output.read_text(encoding="utf-8").split("\n") == outputs["torch"]  # left as it was
 
 
 def test_rnn_and_wrong_folders_are_refused_in_one_line(tmp_path: Path, tokenizers):
