@@ -112,7 +112,7 @@ RULES: list[tuple[str, Check, str]] = [
     ("decode.temperature", above(0), ""),
     ("decode.top_k", at_least(0), ""),
     ("decode.top_p", fraction(one=True), ""),
-    ("translate.max_tokens", at_least(1), ""),
+    ("translate.max_tokens", at_least(3), ""),  # a 1-subword source, its EOS, a target slot
     ("translate.chunk_lines", at_least(1), ""),
 ]
 

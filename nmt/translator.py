@@ -284,7 +284,7 @@ class Translator:
             src_ids = self.src_tokenizer.encode([self._clean(src) for src, _ in chunk])
             tgt_ids = self.tgt_tokenizer.encode([self._clean_target(tgt) for _, tgt in chunk])
             fits = [
-                max(len(s), len(t)) < self.max_positions and len(s) + len(t) + 3 <= max_tokens
+                max(len(s), len(t)) < self.max_positions and len(s) + len(t) + 2 <= max_tokens
                 for s, t in zip(src_ids, tgt_ids)
             ]
             self.report.truncated += fits.count(False)

@@ -187,6 +187,8 @@ OUT_OF_RANGE = [
     ("decode.length_penalty=-1", "decode.length_penalty=-1.0 is out of range"),
     ("decode.max_len_a=-0.5", "decode.max_len_a=-0.5 is out of range"),
     ("decode.max_sentences=0", "decode.max_sentences=0 is out of range"),
+    ("translate.max_tokens=2", "set translate.max_tokens to a number >= 3"),
+    ("translate.max_tokens=3", None),
     (
         "train.device=gpu",
         "train.device=gpu is not a choice: set train.device to one of auto, cpu, cuda",

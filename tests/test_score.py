@@ -75,6 +75,14 @@ def test_a_pair_scores_the_sum_of_its_step_by_step_log_probabilities(runs, arch)
         assert score.num_tokens == len(tgt_ids) + 1  # EOS counts
         assert score.log_prob == pytest.approx(step_by_step(translator, src_ids, tgt_ids), abs=1e-4)
         assert score.average == pytest.approx(score.log_prob / score.num_tokens)
+    # a batch of one holds a pair exactly as big as max_tokens, (S + 1) + (T + 1), not more
+    src_ids = translator.src_tokenizer.encode([pairs[0][0]])[0]
+    tgt_ids = translator.tgt_tokenizer.encode([pairs[0][1]])[0]
+    size = len(src_ids) + len(tgt_ids) + 2
+    (fits,) = translator.score(pairs[:1], **{**BUDGET, "max_tokens": size})
+    (too_big,) = translator.score(pairs[:1], **{**BUDGET, "max_tokens": size - 1})
+    assert fits.log_prob == pytest.approx(scores[0].log_prob, abs=1e-4)
+    assert too_big.num_tokens == 0 and math.isnan(too_big.log_prob)
 
 
 @pytest.mark.parametrize("ensemble", [False, True])
