@@ -64,7 +64,7 @@ endif
 translate: ## translate INPUT (default stdin) to OUTPUT (default stdout) with CKPT
 	@$(NMT) translate translate.ckpt=$(CKPT) $(if $(INPUT),translate.input=$(INPUT)) $(if $(OUTPUT),translate.output=$(OUTPUT)) $(ARGS)
 
-evaluate: ## translate the test sets with CKPT and score them with sacreBLEU
+evaluate: ## translate the validation and test sets with CKPT and score them with sacreBLEU
 	@$(NMT) evaluate translate.ckpt=$(CKPT) $(ARGS)
 
 score: ## force-decode SRC/TGT (or TSV) with CKPT: logprob, average, tokens per pair
@@ -77,6 +77,6 @@ bench: ## training and decoding benchmarks on the device at hand: tables, JSON i
 	$(PYTHON) scripts/bench_train.py $(ARGS)
 	$(PYTHON) scripts/bench_decode.py --no-cache
 
-clean: ## remove prepared data caches, caches of tools and Python bytecode (keeps runs/ and .venv)
+clean: ## remove data caches, tool caches, bytecode and bench_results/ (keeps runs/ and .venv)
 	rm -rf data/cache .pytest_cache .ruff_cache bench_results
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -107,7 +107,7 @@ class DataConfig:
     max_train_pairs: int | None = None  # use only the first N training pairs; null for all
     # Several corpora concatenated into the training split, in order; empty: the one corpus above.
     train_sources: list[SourceConfig] = field(default_factory=list)
-    num_proc: int = 2  # worker processes for encoding large splits
+    num_proc: int = 2  # workers for cleaning and encoding splits of >= 50k pairs per worker
     cache_dir: str = "data/cache"
     clean: CleanConfig = field(default_factory=CleanConfig)
     spm: SpmConfig = field(default_factory=SpmConfig)
@@ -212,8 +212,9 @@ class TranslateConfig:
     nbest_tsv: str | None = None  # translate: also write the n-best lists (decode.nbest) as TSV
     attention_dir: str | None = None  # translate: one attention heatmap PNG per sentence
     alignments: str | None = None  # translate: word alignments (Pharaoh i-j), a line per line
-    # Cross-attention the alignments (and heatmaps) read: a decoder layer (negative counts from
-    # the last; null = the first, best on Multi30k val, see README) and heads (null = all, mean)
+    # Cross-attention the alignments read (heatmaps too once alignments, a layer or heads are
+    # set; else heatmaps draw the last layer's mean): a decoder layer (negative counts from the
+    # last; null = the first, best on Multi30k val, see README) and heads (null = all, mean)
     alignment_layer: int | None = None
     alignment_heads: list[int] | None = None
     # torch: translate.ckpt is a checkpoint; ctranslate2: an `nmt export` directory, decoded by

@@ -121,7 +121,7 @@ def main() -> None:
     )
     parser.add_argument("--splits", nargs="+", help="default: val and the test splits")
     parser.add_argument("--data-root", help="the corpus folder, if not where training read it")
-    parser.add_argument("--output", type=Path, help="JSON of every row (and the links' files)")
+    parser.add_argument("--output", type=Path, help="JSON of every row")
     args = parser.parse_args()
     started = time.perf_counter()
     translator = Translator.load(args.ckpt, device="cpu", precision="fp32")

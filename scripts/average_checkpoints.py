@@ -18,7 +18,7 @@ from nmt.errors import UserError
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--last", type=int, default=5, help="how many step checkpoints")
     parser.add_argument("--output", type=Path, help="default: RUN_DIR/average_last<N>.pt")

@@ -40,7 +40,7 @@ def read_lines(path: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="a Transformer checkpoint or run directory")
     parser.add_argument("--src", type=Path, required=True, help="source sentences (.gz allowed)")
     parser.add_argument("--ref", type=Path, required=True, help="reference translations")

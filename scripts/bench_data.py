@@ -6,12 +6,14 @@ each stage as its own `nmt` process and measures it:
 
   prepare      `nmt data` on a cold cache: clean, SentencePiece, encode, save
   train start  `nmt train` (smoke model, train.max_steps=1) on the prepared cache: time from
-               the start of `train()` to the end of its first step, and peak memory beyond
-               the same command on one copy of the source corpus (model, optimiser, libraries)
+               the start of `train()` to the end of the one-sentence validation after its
+               first step, and peak memory beyond the same command on one copy of the source
+               corpus (model, optimiser, libraries)
 
-Peak memory is the largest single process's `ru_maxrss` (from `os.wait4`), that process's
-anonymous memory (`RssAnon`, sampled every 0.2 s: RSS without the pages of memory-mapped Arrow
-files, which the kernel reclaims at will), and the sum over the process and its workers.
+Peak memory is the largest single process's `ru_maxrss` (from `os.wait4`), the `nmt`
+process's own anonymous memory (`RssAnon`, its workers' not counted, sampled every 0.2 s: RSS
+without the pages of memory-mapped Arrow files, which the kernel reclaims at will), and the sum
+over the process and its workers.
 Generated files go under --work, never into the repository.
 
     python scripts/bench_data.py --sizes 0.1M 1M 10M --work /tmp/nmt_bench_data
@@ -52,7 +54,8 @@ def source_file(folder: Path, split: str, lang: str) -> Path:
 
 
 def generate(source: Path, langs: tuple[str, str], num_pairs: int, out: Path) -> None:
-    """`out/{train,valid,test}.{lang}`: N training pairs, held-out lines from the source."""
+    """`out/{train,valid,test}.{lang}`: N training pairs; valid and test are the source's first
+    training lines (also in train: this benchmark times and measures, it does not score)."""
     base = [list(read_lines(source_file(source, "train", lang))) for lang in langs]
     out.mkdir(parents=True, exist_ok=True)
     for side, lang in enumerate(langs):
@@ -174,7 +177,7 @@ def print_table(rows: list[dict], cpu: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["0.1M", "1M"], help="e.g. 0.1M 1M 10M")
     multi30k = os.environ.get("NMT_DATA_DIR", REPO_ROOT.parent / "shared/data/multi30k")
     parser.add_argument("--source", type=Path, default=Path(multi30k),

@@ -85,7 +85,7 @@ def run(model, sources, decode: DecodeConfig, batch_size: int, device, dtype) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--ckpt", help="a checkpoint or run directory (with --input)")

@@ -4,8 +4,8 @@ final BLEU, and to the final BLEU itself, read from each run's `validations.json
 "Final" is the best validation BLEU of the run (the checkpoint kept as best.pt); BLEU is
 sacreBLEU on detokenized, cased output of the validation split with the run's validation
 search (`train.valid_beam_size`, `train.max_valid_sentences`). Times count from the start of
-the command (data preparation and model building included) to the moment the checkpoint
-was written (its validation included).
+training (data preparation and model building included; the seconds of Python and library
+imports before it not) to the end of the checkpoint's validation.
 
     python scripts/time_to_quality.py runs/cpu_race_de_en/2026-11-21_10-00-00 [more runs]
 """
