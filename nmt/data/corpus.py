@@ -343,10 +343,17 @@ def _load_hub_split(cfg: DataConfig, split: str, cache_dir: Path) -> datasets.Da
     src_lang, tgt_lang = langs
 
     def to_pairs(batch: dict) -> dict:
-        if "translation" not in batch:
-            return {"src": batch[src_lang], "tgt": batch[tgt_lang]}
-        pairs = batch["translation"]
-        return {"src": [p[src_lang] for p in pairs], "tgt": [p[tgt_lang] for p in pairs]}
+        """Text columns; a null (an empty cell, a missing language) is an empty side, which
+        cleaning drops from training and keeps, empty, in an evaluation split."""
+        if "translation" in batch:
+            rows = [pair or {} for pair in batch["translation"]]
+            columns = {lang: [row.get(lang) for row in rows] for lang in langs}
+        else:
+            columns = {lang: batch[lang] for lang in langs}
+        text = {
+            lang: ["" if v is None else str(v) for v in values] for lang, values in columns.items()
+        }
+        return {"src": text[src_lang], "tgt": text[tgt_lang]}
 
     # The pairs go to `cache_dir` rather than next to a hub dataset's files, so a build leaves
     # no second copy of a large corpus in the Hugging Face cache; one file per source and split.
@@ -369,6 +376,8 @@ def _read_hub(cfg: DataConfig, split: str, cache_dir: Path) -> tuple[datasets.Da
         files = hub_files(cfg, split)
         where = f"{', '.join(map(str, files))} (data.hub_path={cfg.hub_path})"
         arguments = {"data_files": {split: list(map(str, files))}, "cache_dir": str(cache_dir)}
+        if cfg.hub_path == "csv":  # pandas would read a cell "None" or "NA" as a null
+            arguments["na_filter"] = False
     else:
         where = f"hub dataset {cfg.hub_path}/{cfg.hub_name}"
         arguments = {"data_files": cfg.hub_data_files or None}

@@ -164,6 +164,23 @@ def test_csv_file_with_a_column_per_language(json_cfg: DataConfig, tmp_path: Pat
     assert list(zip(data.splits["train"]["src"], data.splits["train"]["tgt"])) == pairs
 
 
+def test_empty_and_null_cells_are_empty_text(json_cfg: DataConfig, tmp_path: Path):
+    pairs = toy_pairs(12, 5)
+    csv = tmp_path / "train.csv"
+    rows = "".join(f"{tgt},{src}\n" for src, tgt in pairs)
+    csv.write_text(f"en,de\n{rows}None,Keine\nyes,\n")  # "None" is a sentence here
+    source = SourceConfig(
+        name="tab", format="hub", hub_path="csv", hub_data_files={"train": str(csv)}
+    )
+    test_file = Path(json_cfg.hub_data_files["test"])
+    null_target = json.dumps({"translation": {"de": "Ein Hund", "en": None}})
+    test_file.write_text(test_file.read_text() + null_target + "\n")
+    data = prepare(dataclasses.replace(json_cfg, train_sources=[source]))
+    train = list(zip(data.splits["train"]["src"], data.splits["train"]["tgt"]))
+    assert train == [*pairs, ("Keine", "None")]  # the pair with an empty side is dropped
+    assert len(data.splits["test"]) == 9 and data.splits["test"]["ref"][-1] == ""
+
+
 def test_dataset_folder_is_read_offline_and_keyed_on_its_files(toy_cfg, tmp_path: Path):
     # A hub dataset's repository downloaded once (`huggingface-cli download --local-dir`).
     folder = tmp_path / "wmt-like"
