@@ -83,12 +83,19 @@ def pair_hash(src: str, tgt: str) -> int:
 
 
 def clean(
-    dataset: datasets.Dataset, cfg: CleanConfig, num_proc: int | None = None, drop: bool = True
+    dataset: datasets.Dataset,
+    cfg: CleanConfig,
+    num_proc: int | None = None,
+    drop: bool = True,
+    *,
+    seen: list[np.ndarray] | None = None,
 ) -> tuple[datasets.Dataset, Counter]:
     """Normalize both sides of every pair and, if `drop`, drop pairs by `DROP_RULES`.
 
     Returns the kept pairs and how many pairs each rule dropped. Without `drop` (validation
-    and test) every pair is kept, in order.
+    and test) every pair is kept, in order. `seen` carries the pair hashes kept by earlier
+    calls (the training sources before this one), so that a duplicate is one of any earlier
+    pair of the split, not only of its own source; this call adds its own.
     """
     forms = CHOICES["data.clean.normalization"]  # checked here too for callers without a Config
     if cfg.normalization not in forms:
@@ -129,7 +136,15 @@ def clean(
     table = judged.with_format("numpy")
     rule_codes = np.asarray(table["drop"][:], dtype=np.int8)
     if hashes:
-        rule_codes[_repeats(np.asarray(table["hash"][:]), rule_codes == 0)] = codes["duplicate"]
+        pair_hashes = np.asarray(table["hash"][:])
+        candidates = rule_codes == 0
+        if seen:
+            earlier = candidates & np.isin(pair_hashes, np.concatenate(seen))
+            rule_codes[earlier] = codes["duplicate"]
+            candidates &= ~earlier
+        rule_codes[_repeats(pair_hashes, candidates)] = codes["duplicate"]
+        if seen is not None:
+            seen.append(pair_hashes[rule_codes == 0])
         judged = judged.remove_columns("hash")
     counts = np.bincount(rule_codes, minlength=len(DROP_RULES) + 1)
     dropped = Counter({rule: int(counts[code]) for rule, code in codes.items() if counts[code]})

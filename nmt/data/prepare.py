@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # Bump when this module changes what it writes, so that older caches are not reused: the
 # fingerprint sees settings and files, not code.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3  # 3: training sources deduplicated against each other
 # A worker process costs about a second to start: only split work across processes
 # for splits with at least this many pairs per process.
 MIN_PAIRS_PER_PROC = 50_000
@@ -198,6 +198,7 @@ def _load_sources(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.Dataset, di
     source after the cap is not read at all.
     """
     parts, per_source = [], {}
+    seen: list[np.ndarray] = []  # pair hashes kept so far: duplicates across sources too
     budget = cfg.max_train_pairs
     for source in cfg.train_sources:
         if budget == 0:
@@ -209,7 +210,11 @@ def _load_sources(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.Dataset, di
             budget -= len(raw)
         with naming(source):
             kept, per_source[source.name] = _clean_split(
-                cfg, raw, is_train=True, what=f"split '{source.split or cfg.train_split}'"
+                cfg,
+                raw,
+                is_train=True,
+                what=f"split '{source.split or cfg.train_split}'",
+                seen=seen,
             )
         parts.append(kept)
     train = datasets.concatenate_datasets(parts)
@@ -225,14 +230,19 @@ def _load_sources(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.Dataset, di
 
 
 def _clean_split(
-    cfg: DataConfig, raw: datasets.Dataset, *, is_train: bool, what: str
+    cfg: DataConfig,
+    raw: datasets.Dataset,
+    *,
+    is_train: bool,
+    what: str,
+    seen: list[np.ndarray] | None = None,
 ) -> tuple[datasets.Dataset, dict]:
     """One split (or training source) cleaned, and its counts; refused if nothing is kept."""
     # Only training pairs are filtered: validation and test keep every line, in order,
     # so that line i of a prepared split is line i of its reference file.
     if not is_train:  # references are scored as they are in the file, before cleaning
         raw = raw.add_column("ref", column(raw, "tgt"))
-    kept, dropped = clean(raw, cfg.clean, _num_proc(cfg, len(raw)), drop=is_train)
+    kept, dropped = clean(raw, cfg.clean, _num_proc(cfg, len(raw)), drop=is_train, seen=seen)
     if len(kept) == 0:  # nothing to learn a vocabulary or a model from
         raise UserError(
             f"{what} is empty after cleaning ({len(raw)} pairs read, dropped {dict(dropped)}): "

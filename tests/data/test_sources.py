@@ -132,6 +132,19 @@ def test_sources_are_concatenated_and_counted_each(json_cfg: DataConfig, tmp_pat
     assert [counts[name]["pairs_read"] for name in ("europarl", "crawl", "news")] == [30, 10, 0]
 
 
+def test_duplicates_are_dropped_across_sources_too(json_cfg: DataConfig, tmp_path: Path):
+    cfg = sources_cfg(json_cfg, tmp_path)
+    src, tgt = toy_pairs(30, 3)[0]  # europarl's first pair, again in news, and "drei" twice
+    news_tsv = f"eins zwei\tone two\n{src}\t{tgt}\ndrei\tthree\ndrei\tthree\n"
+    (tmp_path / "news.tsv").write_text(news_tsv)
+    clean = dataclasses.replace(cfg.clean, drop_duplicates=True)
+    data = prepare(dataclasses.replace(cfg, clean=clean))
+    assert data.splits["train"]["src"][-2:] == ["eins zwei", "drei"]
+    assert data.splits["train"]["src"].count(src) == 1
+    news = data.stats["splits"]["train"]["sources"]["news"]
+    assert (news["pairs_read"], news["pairs_kept"], news["dropped"]["duplicate"]) == (4, 2, 2)
+
+
 @pytest.mark.parametrize(
     ("break_it", "message"),
     [
