@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 FETCH_HINT = "see scripts/fetch_multi30k.sh, or set NMT_DATA_DIR / data.root=<folder>"
 DECODE_FIX = "fix the file, or set data.clean.on_decode_error=replace"
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
+UTF8_BOM = b"\xef\xbb\xbf"  # the byte-order mark some editors put before the first line
 
 
 def data_root(cfg: DataConfig) -> Path:
@@ -105,7 +106,8 @@ def read_lines(
     fix: str = "save it as UTF-8",
     replacements: Replacements | None = None,
 ) -> Iterator[str]:
-    """Yield the lines of UTF-8 text without their line end (`\\n` or `\\r\\n`).
+    """Yield the lines of UTF-8 text without their line end (`\\n` or `\\r\\n`), and without
+    the byte-order mark some editors put before the first.
 
     `source` is a file, decompressed if its name ends in `.gz`, or a binary stream such as
     `sys.stdin.buffer` (left open). Only `\\n` ends a line: a corpus line is one record even if
@@ -131,6 +133,8 @@ def _decoded_lines(
         for line_no, raw in enumerate(stream, start=1):
             raw = raw[:-1] if raw.endswith(b"\n") else raw
             raw = raw[:-1] if raw.endswith(b"\r") else raw
+            if line_no == 1 and raw.startswith(UTF8_BOM):  # a Windows editor's mark, not text
+                raw = raw[len(UTF8_BOM) :]
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as error:

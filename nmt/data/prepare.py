@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # Bump when this module changes what it writes, so that older caches are not reused: the
 # fingerprint sees settings and files, not code.
-PIPELINE_VERSION = 3  # 3: training sources deduplicated against each other
+PIPELINE_VERSION = 3  # 3: duplicates across training sources, a first line's BOM dropped
 # A worker process costs about a second to start: only split work across processes
 # for splits with at least this many pairs per process.
 MIN_PAIRS_PER_PROC = 50_000

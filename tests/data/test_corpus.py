@@ -149,6 +149,8 @@ def test_read_lines_of_a_stream_splits_on_newline_only():
         "",
         "last",
     ]
+    with_bom = io.BytesIO("\ufeffEin Hund\n\ufeffzwei\n".encode())
+    assert list(read_lines(with_bom, "<stdin>")) == ["Ein Hund", "\ufeffzwei"]  # line 1 only
 
 
 def test_read_lines_names_the_line_and_the_callers_fix():
