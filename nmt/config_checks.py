@@ -130,6 +130,18 @@ def check_config(cfg: ConfigLike) -> None:
     _check_combinations(cfg)
 
 
+def check_search(decode: Any) -> None:
+    """decode.nbest within the beam, for settings a search will run with: a training config's
+    (saved in its checkpoints). Not part of `check_config`, which also sees the composed
+    defaults of translate and evaluate, where only typed keys replace the checkpoint's
+    settings: those are checked once merged (`nmt.translator.resolve_decode`)."""
+    if not decode.sample and decode.nbest > decode.beam_size:
+        raise UserError(
+            f"decode.nbest={decode.nbest} is out of range: set decode.nbest between 1 and "
+            f"decode.beam_size={decode.beam_size} (hypotheses come from the beam)"
+        )
+
+
 def _check_combinations(cfg: ConfigLike) -> None:
     """Settings that are each fine but do not go together."""
     _check_translate(cfg.translate)
@@ -137,11 +149,9 @@ def _check_combinations(cfg: ConfigLike) -> None:
     if decode.sample and decode.nbest < 1:
         raise UserError(f"decode.nbest={decode.nbest} is out of range: set decode.nbest to 1 or "
                         "more (the samples drawn per sentence)")  # fmt: skip
-    if not decode.sample and not 1 <= decode.nbest <= decode.beam_size:
-        raise UserError(
-            f"decode.nbest={decode.nbest} is out of range: set decode.nbest between 1 and "
-            f"decode.beam_size={decode.beam_size} (hypotheses come from the beam)"
-        )
+    if not decode.sample and decode.nbest < 1:
+        raise UserError(f"decode.nbest={decode.nbest} is out of range: set decode.nbest to 1 or "
+                        "more (at most decode.beam_size)")  # fmt: skip
     if model.arch == "transformer" and model.hidden_size % model.num_heads:
         raise UserError(
             f"model.hidden_size={model.hidden_size} is not divisible by model.num_heads="

@@ -38,6 +38,7 @@ from nmt.checkpoint import (
     step_checkpoints,
 )
 from nmt.config import Config, check_config
+from nmt.config_checks import check_search
 from nmt.data import PreparedData, format_stats, prepare
 from nmt.data.batching import Batch, chunks, iterate_batches, length_array
 from nmt.device import autocast, describe_device, load_rng_state, resolve_precision, rng_state
@@ -88,6 +89,7 @@ def train(cfg: Config, run_dir: Path) -> Progress:
     continue from its latest checkpoint if it has one (and `train.resume`)."""
     started = time.perf_counter()
     check_config(cfg)  # a Config built in Python has not been through `to_config`
+    check_search(cfg.decode)  # the search its checkpoints will carry
     dist = Distributed.from_env(cfg.train.device)
     cfg = with_device_defaults(cfg, dist.device, run_dir)
     directory = RunDir(run_dir)

@@ -424,6 +424,14 @@ def test_a_run_ended_by_patience_stays_ended_when_started_again(tmp_path: Path, 
     assert train(cfg, run_dir).step == 5  # the same command again: finished, nothing trained
 
 
+def test_a_search_that_cannot_give_its_nbest_is_refused_before_any_work(tmp_path: Path):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=2)  # beam 1
+    wide = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, nbest=2))
+    with pytest.raises(UserError, match=r"set decode\.nbest between 1 and decode\.beam_size=1"):
+        train(wide, tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not step_checkpoints(tmp_path / "run")
+
+
 def test_a_run_directory_in_use_is_refused_before_any_work(tmp_path: Path):
     cfg = tiny_config(tmp_path, "rnn", max_steps=2)
     in_use = pytest.raises(UserError, match=rf"in use by nmt train, process {os.getpid()}")
