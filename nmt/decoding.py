@@ -56,6 +56,7 @@ def search_in_order(
     max_tokens: int,
     need_attention: bool = False,
     attention: AttentionChoice = MEAN_OF_LAST_LAYER,
+    generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
     """The n-best list of every source (ids without EOS), in the order of `src_ids`.
 
@@ -64,9 +65,12 @@ def search_in_order(
     no length is rounded up (search compiles nothing). An empty source gets an empty output
     without a search, and so does one too long for `max_tokens` alone (`plan_batches` warns):
     callers truncate sources to fit. Validation and both commands decode through here.
+    `decode.sample` draws from `generator`, or from a new stream seeded with `decode.seed`;
+    a caller that searches a long input in chunks passes one stream for all of them.
     """
     model.eval()
-    generator = sampler(cfg, device) if cfg.sample else None  # one stream for all batches
+    if cfg.sample and generator is None:
+        generator = sampler(cfg, device)  # one stream for all batches
     results = [[Hypothesis([], 0.0, True)] for _ in src_ids]
     real = [i for i, ids in enumerate(src_ids) if ids]
     lengths = [len(src_ids[i]) for i in real]

@@ -27,6 +27,7 @@ from nmt.errors import UserError
 from nmt.models import build_model
 from nmt.models.base import MEAN_OF_LAST_LAYER, AttentionChoice, Seq2Seq
 from nmt.models.ensemble import Ensemble
+from nmt.sampling import sampler
 from nmt.scoring import UNSCORED, PairScore, score_in_order
 from nmt.search import Hypothesis
 from nmt.tokenizer import Tokenizer
@@ -254,7 +255,9 @@ class Translator:
 
         Lines are read `chunk_lines` at a time, so a stream of any length is translated in
         bounded memory, while each chunk is long enough to sort into well-filled batches.
+        Sampling draws from one stream for all chunks: a chunk does not repeat the last one's.
         """
+        generator = sampler(decode, self.device) if decode.sample else None
         for chunk in chunks(lines, chunk_lines):
             texts = [self._clean(line) for line in chunk]
             src_ids = self.encode(texts, decode, max_tokens)
@@ -264,7 +267,7 @@ class Translator:
                 found = search_in_order(self.model, src_ids, decode, device=self.device,
                                         precision=self.precision, max_tokens=max_tokens,
                                         need_attention=need_attention,
-                                        attention=attention)  # fmt: skip
+                                        attention=attention, generator=generator)  # fmt: skip
             yield from zip(texts, found, src_ids)
 
     def score(

@@ -179,6 +179,22 @@ def test_alone_or_in_a_batch_and_from_a_copied_checkpoint(trained, tmp_path: Pat
     assert together == alone
 
 
+def test_sampling_draws_one_stream_across_input_chunks(trained):
+    _, run_dir = trained
+    translator = Translator.load(run_dir, device="cpu", precision="fp32")
+    decode = dataclasses.replace(TRAINED_DECODE, sample=True, nbest=8, temperature=5.0)
+
+    def samples(chunk_lines: int) -> list[list[list[int]]]:
+        lines = ["alpha beta gamma"] * 2
+        found = translator.translate(lines, decode, max_tokens=BUDGET["max_tokens"],
+                                     chunk_lines=chunk_lines)  # fmt: skip
+        return [[h.tokens for h in nbest] for _, nbest, _ in found]
+
+    first, second = samples(chunk_lines=1)
+    assert first != second  # a chunk does not restart the stream: the line draws anew
+    assert samples(chunk_lines=1) == [first, second]  # and the seed still reproduces them
+
+
 def test_nbest_and_attention_files(trained, tmp_path: Path):
     _, run_dir = trained
     source = tmp_path / "in.txt"
