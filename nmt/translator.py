@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -229,6 +230,12 @@ class Translator:
         `max_positions` (the longest output, a·(S + 1) + b steps as search counts the EOS, must
         fit too), and that fits a search batch of `max_tokens` with its EOS and the empty
         target's one slot."""
+        if math.floor(decode.max_len_a * 2 + decode.max_len_b) > self.max_positions:
+            raise UserError(  # even a one-subword source (and its EOS) would ask for more
+                f"decode.max_len_a={decode.max_len_a} and decode.max_len_b={decode.max_len_b} let "
+                f"outputs run past the model's {self.max_positions} positions "
+                "(model.max_positions): lower decode.max_len_b"
+            )
         limit = self.max_positions - 1
         by_output = int((self.max_positions - decode.max_len_b) / max(decode.max_len_a, 1e-9)) - 1
         return max(1, min(limit - 1, by_output, max_tokens - 2))

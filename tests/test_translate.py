@@ -168,6 +168,11 @@ def test_alone_or_in_a_batch_and_from_a_copied_checkpoint(trained, tmp_path: Pat
         )
         with_eos = torch.ones(1, longest + 1, dtype=torch.bool)
         assert max_output_lengths(with_eos, a, b).item() <= translator.max_positions, (a, b)
+    for a, b in ((0.0, 1025), (1.0, 1023)):  # not even a one-subword source could be answered
+        with pytest.raises(UserError, match=r"lower decode\.max_len_b"):
+            translator.max_src_len(
+                dataclasses.replace(TRAINED_DECODE, max_len_a=a, max_len_b=b), 64
+            )
     sentences = ["alpha beta", "gamma delta epsilon zeta eta theta iota", "kappa"]
     decode = dataclasses.replace(cfg.decode, beam_size=4)
     together = [translator.detokenize(n[0])
