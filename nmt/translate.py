@@ -320,7 +320,8 @@ def evaluate_checkpoint(
     budget = {"max_tokens": settings.max_tokens, "chunk_lines": settings.chunk_lines}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for split in evaluate.splits or [data_cfg.valid_split, *data_cfg.test_splits]:
+        splits = evaluate.splits or [data_cfg.valid_split, *data_cfg.test_splits]
+        for split in dict.fromkeys(splits):  # each once, also when val is a test split
             raw = load_split(data_cfg, split, Path(tmp))
             hypotheses, scores = translate_and_score(translator, raw, decode, **budget)
             translations = folder / f"{stem}.{split}.{data_cfg.tgt_lang}"

@@ -339,6 +339,9 @@ def test_evaluate_checkpoint_scores_each_split(trained, tmp_path: Path):
     cfg, run_dir = trained
     record = evaluate_checkpoint(TranslateConfig(ckpt=str(run_dir)), EvaluateConfig())
     assert [row["split"] for row in record["results"]] == ["valid", "test"]
+    twice = EvaluateConfig(splits=["test", "valid", "test"])
+    once_each = evaluate_checkpoint(TranslateConfig(ckpt=str(run_dir)), twice)["results"]
+    assert [row["split"] for row in once_each] == ["test", "valid"]  # each split once
     assert Path(record["path"]) == run_dir / "eval_best.json" and Path(record["path"]).is_file()
     # the same number as sacreBLEU on the translated file against the raw reference file
     corpus = Path(cfg.data.root)
