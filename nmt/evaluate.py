@@ -47,6 +47,8 @@ class ValidationResult(Scores):
     loss: float  # per target token, without label smoothing
     perplexity: float
     hypotheses: list[str]
+    hypothesis_ids: list[list[int]]  # as the search found them (heatmaps read these, not a
+    # re-encoding of the text, which may segment differently)
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> Scores:
@@ -122,7 +124,8 @@ def validate(
         cfg.decode, beam_size=cfg.train.valid_beam_size, nbest=1, sample=False
     )
     found = search_in_order(model, column(split, "src_ids"), decode, **budget)
-    hypotheses = data.tgt_tokenizer.decode([nbest[0].tokens for nbest in found])
+    hypothesis_ids = [nbest[0].tokens for nbest in found]
+    hypotheses = data.tgt_tokenizer.decode(hypothesis_ids)
     scores = corpus_scores(hypotheses, column(split, "ref"))
     model.train()
     return ValidationResult(
@@ -130,6 +133,7 @@ def validate(
         loss=loss,
         perplexity=math.exp(min(loss, 50.0)),
         hypotheses=hypotheses,
+        hypothesis_ids=hypothesis_ids,
     )
 
 

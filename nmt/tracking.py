@@ -144,15 +144,16 @@ class Tracker:
         rows.append(f"\nBLEU {result.bleu:.2f} ({result.bleu_signature})")
         self.writer.add_text("valid/samples", "\n".join(rows), step)
         for index in range(min(self.cfg.train.num_heatmaps, num_translated)):
-            self._heatmaps(step, index, model, data, split[index], result.hypotheses[index], device)
+            hyp_ids = result.hypothesis_ids[index]
+            self._heatmaps(step, index, model, data, split[index], hyp_ids, device)
 
-    def _heatmaps(self, step, index, model, data, row, hypothesis: str, device) -> None:
+    def _heatmaps(self, step, index, model, data, row, hyp_ids: list[int], device) -> None:
         """Per decoder layer the head-averaged map; the last layer's heads as a grid.
 
-        The model reads its own hypothesis by teacher forcing (`attention_maps`), which gives
-        every layer and head at once and the same weights the search saw.
+        The model reads its own hypothesis, the search's subwords, by teacher forcing
+        (`attention_maps`), which gives every layer and head at once and the same weights the
+        search saw.
         """
-        hyp_ids = data.tgt_tokenizer.encode([hypothesis])[0]
         layers = attention_maps(model, row["src_ids"], hyp_ids, device)
         src_labels = [*data.src_tokenizer.pieces(row["src_ids"]), "</s>"]
         tgt_labels = [*data.tgt_tokenizer.pieces(hyp_ids), "</s>"]

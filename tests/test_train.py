@@ -15,8 +15,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nmt import checkpoint as checkpoint_module
+from nmt import evaluate as evaluate_module
 from nmt import faults, progress
 from nmt import run_dir as run_dir_module
+from nmt import tracking as tracking_module
 from nmt import train as train_module
 from nmt.checkpoint import load_checkpoint, step_checkpoints
 from nmt.config import (
@@ -84,9 +86,24 @@ def test_resume_gives_the_same_parameters(tmp_path: Path, arch: str):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_event_file_holds_scalars_and_attention_images(tmp_path: Path, arch: str):
+def test_event_file_holds_scalars_and_attention_images(tmp_path: Path, arch: str, monkeypatch):
     cfg = tiny_config(tmp_path, arch, max_steps=4)
+    searched, drawn = [], []  # the first sentence's subwords as validation found and drew them
+    real_search, real_maps = evaluate_module.search_in_order, tracking_module.attention_maps
+
+    def search_spy(*args, **kwargs):
+        found = real_search(*args, **kwargs)
+        searched.append(found[0][0].tokens)
+        return found
+
+    def maps_spy(model, src_ids, tgt_ids, device):
+        drawn.append(list(tgt_ids))
+        return real_maps(model, src_ids, tgt_ids, device)
+
+    monkeypatch.setattr(evaluate_module, "search_in_order", search_spy)
+    monkeypatch.setattr(tracking_module, "attention_maps", maps_spy)
     train(cfg, tmp_path / "run")
+    assert drawn == searched  # the heatmaps show the search's own subwords, not a re-encoding
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
