@@ -112,12 +112,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = checkpoint_file(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: give a .pt file or a run directory")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # a truncated or foreign file: torch raises many types
-        raise UserError(
-            f"{path} is not a readable nmt checkpoint ({type(error).__name__})"
-        ) from None
+    state = _torch_load(path, map_location=map_location)
     if not isinstance(state, dict) or state.get("format_version") not in READABLE_VERSIONS:
         raise UserError(
             f"{path} is not an nmt checkpoint of format {FORMAT_VERSION}: "
@@ -133,8 +128,18 @@ def read_progress(path: Path) -> dict[str, Any]:
 
 def read_entry(path: Path, key: str) -> dict[str, Any]:
     """One dict of a checkpoint (`progress`, `config`) without reading its tensors."""
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return state.get(key, {})
+    state = _torch_load(path, map_location="cpu", mmap=True)
+    return state.get(key, {}) if isinstance(state, dict) else {}
+
+
+def _torch_load(path: Path, **options: Any) -> Any:
+    try:
+        return torch.load(path, weights_only=True, **options)
+    except Exception as error:  # a truncated or foreign file: torch raises many types
+        raise UserError(
+            f"{path} is not a readable nmt checkpoint ({type(error).__name__}): move it away "
+            "(a run directory then uses the checkpoint before it)"
+        ) from None
 
 
 def step_checkpoints(run_dir: Path) -> list[Path]:
@@ -188,8 +193,13 @@ def link_best(step_path: Path) -> Path:
     tmp.unlink(missing_ok=True)
     try:
         os.link(step_path, tmp)
-    except OSError:  # no hard links on this file system
-        shutil.copyfile(step_path, tmp)
+    except OSError:  # no hard links on this file system: a copy, which needs the space
+        try:
+            shutil.copyfile(step_path, tmp)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            what = "no space left on device" if _disk_full(error) else error.strerror
+            raise UserError(f"cannot write {best} ({what}): {step_path} is intact") from None
     os.replace(tmp, best)
     return best
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +99,13 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path: Path):
     torch.save({"model": {}}, tmp_path / "foreign.pt")
     with pytest.raises(UserError, match="not an nmt checkpoint of format"):
         load_checkpoint(tmp_path / "foreign.pt")
+    # a damaged step file in a run directory: read for its progress before any model
+    run_dir = tmp_path / "run"
+    save_checkpoint(state(1.0, 5, best_step=5), run_dir / "step_5.pt")
+    whole = (run_dir / "step_5.pt").read_bytes()
+    (run_dir / "step_5.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match=r"step_5\.pt is not a readable nmt checkpoint"):
+        checkpoint_file(run_dir)
 
 
 def test_parameters_that_are_not_finite_are_never_written(tmp_path: Path):
@@ -123,6 +133,28 @@ def test_a_full_disk_is_one_line_naming_the_file_and_what_is_intact(tmp_path: Pa
     assert str(error.value).startswith(f"no space left on device while writing {tmp_path}/step_2")
     assert f"the previous checkpoint {tmp_path / 'step_1.pt'} is intact" in str(error.value)
     assert [p.name for p in tmp_path.iterdir()] == ["step_1.pt"]  # no temporary left
+
+
+def test_best_copied_where_there_are_no_hard_links_and_a_full_disk_is_one_line(
+    tmp_path: Path, monkeypatch
+):
+    save_checkpoint(state(1.0, 1, best_step=1), tmp_path / "step_1.pt")
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    link_best(tmp_path / "step_1.pt")  # a copy instead
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 1
+
+    def full(source, target):
+        Path(target).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(UserError, match=r"cannot write .*best\.pt \(no space left on device\)"):
+        link_best(tmp_path / "step_1.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "step_1.pt"]
 
 
 def test_best_is_a_link_to_the_best_step_and_a_stale_one_is_found_and_repaired(tmp_path: Path):
