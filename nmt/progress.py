@@ -30,11 +30,13 @@ class Progress:
     elapsed: float = 0.0  # seconds of training so far, validation included
     setup_seconds: float = 0.0  # data preparation and model building before the first step
     validation_seconds: float = 0.0  # how long the latest validation took
+    nonfinite_steps: int = 0  # steps skipped in a row for a non-finite loss (train.max_nonfinite)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        state = {"nonfinite_steps": 0, **state}  # checkpoints from before it was saved had none
         for field in dataclasses.fields(self):
             setattr(self, field.name, state[field.name])
 

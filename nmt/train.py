@@ -81,7 +81,6 @@ class Run:
     progress: Progress
     tracker: Tracker | None = None  # made once the resumed step is known
     clock_start: float = 0.0  # perf_counter() at which `progress.elapsed` was 0
-    nonfinite: int = 0  # consecutive steps skipped for a non-finite loss
 
 
 def train(cfg: Config, run_dir: Path) -> Progress:
@@ -245,7 +244,7 @@ def train_step(run: Run, group: list[Batch]) -> bool:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    run.nonfinite, progress.step = 0, progress.step + 1
+    progress.nonfinite_steps, progress.step = 0, progress.step + 1
     # float(total) waits for the step to finish: the console and TensorBoard see real numbers.
     elapsed = time.perf_counter() - run.clock_start
     run.tracker.step(progress.step, elapsed, float(total) / num_tokens,
@@ -274,11 +273,11 @@ def _skip_step(run: Run) -> None:
     """Drop a step whose loss is inf/NaN (an fp16 overflow passes); stop at once if the
     parameters themselves are gone, or after train.max_nonfinite such steps in a row."""
     run.optimizer.zero_grad(set_to_none=True)
-    run.nonfinite += 1
+    skipped = run.progress.nonfinite_steps = run.progress.nonfinite_steps + 1
     if nonfinite_tensors(run.model.state_dict()):
         raise UserError(_divergence(run, "the parameters are no longer finite"))
-    if run.nonfinite >= run.cfg.train.max_nonfinite:
-        raise UserError(_divergence(run, f"the loss was not finite {run.nonfinite} times in a row"))
+    if skipped >= run.cfg.train.max_nonfinite:
+        raise UserError(_divergence(run, f"the loss was not finite {skipped} times in a row"))
     log.warning("non-finite loss at step %d: step skipped", run.progress.step + 1)
 
 

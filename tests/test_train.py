@@ -378,6 +378,26 @@ def test_non_finite_losses_are_skipped_then_stop(tmp_path: Path, monkeypatch):
     with pytest.raises(UserError, match=r"not finite 3 times in a row at step 1: lower train\.lr"):
         train(cfg, tmp_path / "run")
     assert not step_checkpoints(tmp_path / "run")
+    # Stopped after 2 skipped steps and resumed, the run counts on from 2: one more stops it.
+    losses = []
+
+    def counted_nan(*args, **kwargs):
+        losses.append(1)
+        return real_loss(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(train_module, "cross_entropy_sum", counted_nan)
+    interrupt_at(monkeypatch, "step", 2)
+    with pytest.raises(UserError, match="interrupted at step 0"):
+        train(cfg, tmp_path / "again")
+    assert (
+        load_checkpoint(step_checkpoints(tmp_path / "again")[-1])["progress"]["nonfinite_steps"]
+        == 2
+    )
+    losses.clear()
+    monkeypatch.setattr(faults, "pause_point", lambda name: None)
+    with pytest.raises(UserError, match=r"not finite 3 times in a row"):
+        train(cfg, tmp_path / "again")
+    assert len(losses) == 1
 
 
 def test_best_pt_left_stale_by_a_crash_is_repaired_on_resume(tmp_path: Path, monkeypatch):
