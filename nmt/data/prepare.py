@@ -216,6 +216,11 @@ def _load_sources(cfg: DataConfig, hf_cache: Path) -> tuple[datasets.Dataset, di
                 what=f"split '{source.split or cfg.train_split}'",
                 seen=seen,
             )
+        if len(kept) == 0:
+            log.warning("training source '%s' adds no pair: %d duplicates of earlier sources' "
+                        "pairs, %d dropped by other rules", source.name,
+                        per_source[source.name]["dropped"]["duplicate"],
+                        len(raw) - per_source[source.name]["dropped"]["duplicate"])  # fmt: skip
         parts.append(kept)
     train = datasets.concatenate_datasets(parts)
     total = {
@@ -237,13 +242,14 @@ def _clean_split(
     what: str,
     seen: list[np.ndarray] | None = None,
 ) -> tuple[datasets.Dataset, dict]:
-    """One split (or training source) cleaned, and its counts; refused if nothing is kept."""
+    """One split (or training source) cleaned, and its counts; refused if nothing is kept,
+    unless it is a training source whose pairs earlier sources already hold (`seen`)."""
     # Only training pairs are filtered: validation and test keep every line, in order,
     # so that line i of a prepared split is line i of its reference file.
     if not is_train:  # references are scored as they are in the file, before cleaning
         raw = raw.add_column("ref", column(raw, "tgt"))
     kept, dropped = clean(raw, cfg.clean, _num_proc(cfg, len(raw)), drop=is_train, seen=seen)
-    if len(kept) == 0:  # nothing to learn a vocabulary or a model from
+    if len(kept) == 0 and not (seen and dropped["duplicate"]):  # nothing to learn from
         raise UserError(
             f"{what} is empty after cleaning ({len(raw)} pairs read, dropped {dict(dropped)}): "
             "check the corpus (data.root, data.*_pattern, data.hub_*) or loosen data.clean.*"
