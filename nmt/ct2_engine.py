@@ -121,9 +121,14 @@ def load_export(folder: str | Path, *, device: str, precision: str) -> Translato
             f"translate.ckpt={path} is not an nmt export folder (no {METADATA_NAME}): write one "
             "with `nmt export`, or use translate.engine=torch for a checkpoint"
         )
-    metadata = json.loads(metadata_path.read_text())
-    if metadata.get("format") != METADATA_FORMAT:
-        raise UserError(f"{metadata_path} was written by another version of nmt: export again")
+    try:
+        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    except ValueError:  # a damaged file (JSON or UTF-8)
+        metadata = None
+    if not isinstance(metadata, dict) or metadata.get("format") != METADATA_FORMAT:
+        raise UserError(
+            f"{metadata_path} is damaged or was written by another version of nmt: export again"
+        )
     try:
         cfg = from_dict(metadata["config"])
     except OmegaConfBaseException as error:

@@ -366,9 +366,12 @@ def average_last(run: Run) -> None:
     averaged = average_checkpoints(paths)
     run.model.load_state_dict(averaged["model"])
     result = _validate(run)
-    if result is None:  # Ctrl-C: the run itself is complete and saved
-        log.info("checkpoint averaging abandoned: the run's model stays %s", BEST_NAME)
-        return
+    if result is None:  # Ctrl-C: the run itself is complete and saved, its average is not
+        raise Interrupted(
+            f"interrupted while validating the average of the last checkpoints: the run's model "
+            f"stays {BEST_NAME}; run the same command with hydra.run.dir={run.run_dir.path} to "
+            "average them"
+        )
     progress = run.progress
     chosen = result.bleu > progress.best_bleu
     record = {"steps": steps, "bleu": round(result.bleu, 2), "chrf": round(result.chrf, 2),

@@ -170,6 +170,10 @@ def test_rnn_and_wrong_folders_are_refused_in_one_line(tmp_path: Path, tokenizer
     assert not (tmp_path / "ct2").exists()
     with pytest.raises(UserError, match="not an nmt export folder"):
         load_export(tmp_path, device="cpu", precision="auto")
+    (tmp_path / "nmt_export.json").write_text('{"format": ')  # cut short
+    with pytest.raises(UserError, match=r"nmt_export\.json is damaged or was written by another"):
+        load_export(tmp_path, device="cpu", precision="auto")
+    (tmp_path / "nmt_export.json").unlink()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     transformer = write_checkpoint(tmp_path / "tf.pt", tokenizers)

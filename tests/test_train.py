@@ -29,7 +29,7 @@ from nmt.config import (
     TrainConfig,
     TranslateConfig,
 )
-from nmt.errors import UserError
+from nmt.errors import Interrupted, UserError
 from nmt.models import build_model
 from nmt.optim import Schedule, linear_peak
 from nmt.run_dir import HISTORY_NAME
@@ -530,6 +530,20 @@ def test_average_last_below_two_averages_nothing(tmp_path: Path, average_last: i
     train(cfg, run_dir)
     assert len(step_checkpoints(run_dir)) >= 2  # there was something to average
     assert not (run_dir / "average.json").exists() and not (run_dir / "averaged.pt").exists()
+
+
+def test_ctrl_c_while_the_average_validates_stops_the_command_and_a_rerun_averages(
+    tmp_path: Path, monkeypatch
+):
+    cfg = tiny_config(tmp_path, "rnn", max_steps=4, validate_every=2, keep_last=2, average_last=2)
+    run_dir = tmp_path / "run"
+    interrupt_at(monkeypatch, "validation", 3)  # steps 2 and 4, then the average's
+    with pytest.raises(Interrupted, match="interrupted while validating the average"):
+        train(cfg, run_dir)
+    assert not (run_dir / "average.json").exists()
+    monkeypatch.setattr(faults, "pause_point", lambda name: None)
+    assert train(cfg, run_dir).step == 4
+    assert json.loads((run_dir / "average.json").read_text())["steps"] == [2, 4]
 
 
 def test_an_average_older_than_the_latest_checkpoint_is_not_the_model(tmp_path: Path):
