@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,10 @@ class Distributed:
         if world_size > 1 and not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            # Other ranks wait in collectives while rank 0 alone prepares the data (a first
+            # large corpus takes more than NCCL's default 10 minutes) or validates.
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    timeout=datetime.timedelta(hours=2))  # fmt: skip
         if device.type == "cuda":
             # TF32 tensor cores for fp32 matrix products on Ampere and newer.
             torch.backends.cuda.matmul.allow_tf32 = True

@@ -235,7 +235,9 @@ def train_step(run: Run, group: list[Batch]) -> bool:
         with nullcontext() if last or run.dist.world_size == 1 else run.wrapped.no_sync():
             total += _forward_backward(run, batch, num_tokens)
     faults.pause_point("step")  # mid-step: gradients computed, parameters not yet updated
-    if not torch.isfinite(total):
+    # Every rank skips together: one rank's inf has reached the others' gradients through the
+    # all-reduce, and ranks that disagreed on stepping would part ways on their step counts.
+    if run.dist.any_rank(not bool(torch.isfinite(total))):
         _skip_step(run)
         return False
     run.scaler.unscale_(run.optimizer)
