@@ -86,6 +86,8 @@ def _check_inputs(score: ScoreConfig) -> list[Path]:
     for key, path in paths.items():
         if not path.is_file():
             raise UserError(f"input file {path} does not exist ({key})")
+        if not os.access(path, os.R_OK):
+            raise UserError(f"input file {path} cannot be read: permission denied ({key})")
     if score.output:
         output = Path(score.output)
         if output.is_dir():

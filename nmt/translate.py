@@ -83,6 +83,8 @@ def check_paths(settings: TranslateConfig) -> None:
     source = named.get("translate.input")
     if source is not None and not source.is_file():
         raise UserError(f"input file {source} does not exist (translate.input)")
+    if source is not None and not os.access(source, os.R_OK):
+        raise UserError(f"input file {source} cannot be read: permission denied (translate.input)")
     for key in ("translate.output", "translate.nbest_tsv", "translate.alignments"):
         if key in named and named[key].is_dir():
             raise UserError(f"{key}={named[key]} is a directory: give a file name")
@@ -317,6 +319,11 @@ def evaluate_checkpoint(
     # An ensemble's record sits beside its first checkpoint, named after every member.
     others = [f"+{p.parent.name}.{p.stem}" for p in translator.ensemble]
     stem, folder = f"eval_{translator.path.stem}{''.join(others)}", translator.path.parent
+    if not os.access(folder, os.W_OK):  # before translating, not after
+        raise UserError(
+            f"nmt evaluate writes its scores and translations beside the checkpoint, but {folder} "
+            "is not writable: copy the checkpoint to a folder you can write"
+        )
     budget = {"max_tokens": settings.max_tokens, "chunk_lines": settings.chunk_lines}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

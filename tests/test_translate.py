@@ -17,6 +17,7 @@ import sacrebleu
 import torch
 
 from nmt import decoding
+from nmt import translate as translate_module
 from nmt.alignment import parse_pharaoh
 from nmt.checkpoint import load_checkpoint
 from nmt.config import Config, DecodeConfig, EvaluateConfig, TranslateConfig
@@ -333,6 +334,22 @@ def test_reference_scored_against_itself_matches_sacrebleu(tmp_path: Path):
     unterminated.write_text("\n".join(refs))
     assert score_files(unterminated, path)["lines"] == 4
     assert score_files(unterminated, path)["bleu"] == pytest.approx(100.0)
+
+
+def test_evaluate_beside_a_read_only_checkpoint_is_refused_before_translating(trained, monkeypatch):
+    _, run_dir = trained
+    real_access = os.access
+
+    def read_only_run_dir(path, mode, *args, **kwargs):
+        return not (Path(path) == run_dir and mode & os.W_OK) and real_access(path, mode)
+
+    def never(*args, **kwargs):
+        raise AssertionError("translated before refusing")
+
+    monkeypatch.setattr(os, "access", read_only_run_dir)
+    monkeypatch.setattr(translate_module, "translate_and_score", never)
+    with pytest.raises(UserError, match=r"beside the checkpoint, but .* is not writable"):
+        evaluate_checkpoint(TranslateConfig(ckpt=str(run_dir)), EvaluateConfig())
 
 
 def test_evaluate_checkpoint_scores_each_split(trained, tmp_path: Path):
