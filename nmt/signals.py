@@ -71,9 +71,14 @@ class StopRequest:
         finally:
             self._mode = previous
 
-    def abortable(self):
-        """A signal raises KeyboardInterrupt here at once (work that is simply redone)."""
-        return self._in_mode("abortable")
+    @contextmanager
+    def abortable(self) -> Iterator[None]:
+        """A signal raises KeyboardInterrupt here at once (work that is simply redone), and so
+        does one that came before: such work does not even start once a stop is asked for."""
+        if self.requested:
+            raise KeyboardInterrupt
+        with self._in_mode("abortable"):
+            yield
 
     def deferred(self):
         """Signals only set `requested` here (work that must complete: a checkpoint write)."""

@@ -34,6 +34,12 @@ def test_a_validation_is_abandoned_and_a_checkpoint_write_is_not(clock):
         with stop.abortable(), pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
         assert stop.requested
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGINT)  # during a step: stop after it
+        started = []
+        with pytest.raises(KeyboardInterrupt), stop.abortable():
+            started.append(True)  # a validation asked for after the signal never starts
+        assert not started
     with StopRequest() as stop, stop.deferred():
         for _ in range(3):
             clock[0] += 10.0
