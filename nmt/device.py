@@ -79,8 +79,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def load_rng_state(state: dict[str, Any]) -> None:
-    """The mirror of `rng_state`; CUDA states are restored only where CUDA is present."""
+    """The mirror of `rng_state`; CUDA states are restored only where CUDA is present, and only
+    for the devices this machine has (a run resumed with fewer visible GPUs than it saved)."""
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        for index, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state.cpu(), device=index)
     random.setstate(state["python"])
