@@ -97,12 +97,7 @@ def clean(
     calls (the training sources before this one), so that a duplicate is one of any earlier
     pair of the split, not only of its own source; this call adds its own.
     """
-    forms = CHOICES["data.clean.normalization"]  # checked here too for callers without a Config
-    if cfg.normalization not in forms:
-        raise UserError(
-            f"data.clean.normalization={cfg.normalization} is not a choice: set it to one of "
-            f"{', '.join(forms)}"
-        )
+    _check_normalization(cfg)
     hashes = drop and cfg.drop_duplicates
     # The rule is stored as its 1-based position in DROP_RULES (0 = keep): one byte a pair,
     # read back as a NumPy array rather than a list of strings.
@@ -137,12 +132,7 @@ def clean(
     rule_codes = np.asarray(table["drop"][:], dtype=np.int8)
     if hashes:
         pair_hashes = np.asarray(table["hash"][:])
-        candidates = rule_codes == 0
-        if seen:
-            earlier = candidates & np.isin(pair_hashes, np.concatenate(seen))
-            rule_codes[earlier] = codes["duplicate"]
-            candidates &= ~earlier
-        rule_codes[_repeats(pair_hashes, candidates)] = codes["duplicate"]
+        rule_codes[_repeats(pair_hashes, rule_codes == 0, seen or [])] = codes["duplicate"]
         if seen is not None:
             seen.append(pair_hashes[rule_codes == 0])
         judged = judged.remove_columns("hash")
@@ -154,10 +144,23 @@ def clean(
     return kept, dropped
 
 
-def _repeats(hashes: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Rows among `candidates` (a mask) whose hash an earlier candidate row already has."""
+def _check_normalization(cfg: CleanConfig) -> None:
+    """Checked here too, for callers without a Config."""
+    forms = CHOICES["data.clean.normalization"]
+    if cfg.normalization not in forms:
+        raise UserError(
+            f"data.clean.normalization={cfg.normalization} is not a choice: set it to one of "
+            f"{', '.join(forms)}"
+        )
+
+
+def _repeats(hashes: np.ndarray, candidates: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
+    """Rows among `candidates` (a mask) whose hash an earlier candidate row, or `seen` (the
+    hashes earlier training sources kept), already has."""
     rows = np.flatnonzero(candidates)
     _, first = np.unique(hashes[rows], return_index=True)  # index of each hash's first row
     repeat = np.ones(len(rows), dtype=bool)
     repeat[first] = False
+    if seen:
+        repeat |= np.isin(hashes[rows], np.concatenate(seen))
     return rows[repeat]
