@@ -81,6 +81,14 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return bool(tensor.item())
 
+    def gather_to_main(self, value: T) -> list[T] | None:
+        """Every rank's `value` in rank order on rank 0, None on the others."""
+        if self.world_size == 1:
+            return [value]
+        values: list | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, values, dst=0)
+        return values
+
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -300,12 +300,13 @@ def validate_and_save(run: Run) -> bool:
     """
     progress = run.progress
     progress.validation_pending = True
+    rng_states = run.dist.gather_to_main(rng_state())  # validating draws no random numbers
     result = _validate(run) if run.dist.is_main else None
     if run.dist.broadcast_flag(run.dist.is_main and result is None):
         save_and_stop(run)
     if run.dist.is_main:
         with run.stop.deferred():
-            _commit_validation(run, result)
+            _commit_validation(run, result, rng_states)
     run.schedule.scale = run.dist.broadcast([run.schedule.scale])[0]  # plateau: rank 0 decides
     return run.dist.broadcast_flag(patience_ran_out(run.cfg.train, progress))
 
@@ -327,7 +328,7 @@ def _validate(run: Run) -> ValidationResult | None:
     return result
 
 
-def _commit_validation(run: Run, result: ValidationResult) -> None:
+def _commit_validation(run: Run, result: ValidationResult, rng_states: list) -> None:
     """Best and patience bookkeeping, logs, then the checkpoint (and best.pt if improved)."""
     progress = run.progress
     improved = result.bleu > progress.best_bleu
@@ -345,7 +346,7 @@ def _commit_validation(run: Run, result: ValidationResult) -> None:
     run.tracker.validation(progress.step, result, run.model, run.data, run.dist.device)
     # History before checkpoint: a resumed run truncates the history to its checkpoint's step.
     run.run_dir.append_history(progress, result, improved)
-    save(run, best=improved)
+    save(run, best=improved, rng_states=rng_states)
 
 
 def average_last(run: Run) -> None:
@@ -388,30 +389,34 @@ def average_last(run: Run) -> None:
 
 def save_and_stop(run: Run) -> None:
     """Checkpoint the current step (rank 0) and end the run with a one-line message."""
+    rng_states = run.dist.gather_to_main(rng_state())
     if run.dist.is_main:
         with run.stop.deferred():
-            save(run, best=False)
+            save(run, best=False, rng_states=rng_states)
     raise Interrupted(
         f"interrupted at step {run.progress.step}, checkpoint saved: run the same command with "
         f"hydra.run.dir={run.run_dir.path} to resume"
     )
 
 
-def save(run: Run, *, best: bool) -> None:
+def save(run: Run, *, best: bool, rng_states: list) -> None:
     """Write this step's checkpoint, refusing a model that is no longer finite."""
     try:
-        run.run_dir.save(state_dict(run), run.progress.step, best=best,
+        run.run_dir.save(state_dict(run, rng_states), run.progress.step, best=best,
                          keep_last=run.cfg.train.keep_last)  # fmt: skip
     except NonFiniteParameters:
         raise UserError(_divergence(run, "the parameters are no longer finite")) from None
 
 
-def state_dict(run: Run) -> dict:
-    """Everything needed to resume exactly, or to translate with no other file."""
+def state_dict(run: Run, rng_states: list) -> dict:
+    """Everything needed to resume exactly, or to translate with no other file. `rng_states`
+    holds every rank's random generators (`rng_state`), in rank order: each rank draws its own
+    dropout masks, and so resumes its own."""
     parts = _stateful_parts(run)
     return {
         **{name: part.state_dict() for name, part in parts.items()},
-        "rng": rng_state(),
+        "rng": rng_states[0],
+        "rng_ranks": rng_states,
         "config": dataclasses.asdict(run.cfg),
         "src_spm": run.data.src_tokenizer.path.read_bytes(),
         "tgt_spm": run.data.tgt_tokenizer.path.read_bytes(),
@@ -426,7 +431,11 @@ def load_state_dict(run: Run, state: dict) -> None:
             part.load_state_dict(state[name])
     for param_group in run.optimizer.param_groups:
         param_group["weight_decay"] = run.cfg.train.weight_decay
-    load_rng_state(state["rng"])
+    # A checkpoint from before per-rank states, or from another number of ranks (whose data
+    # plan differs anyway), gives every rank rank 0's generators.
+    rng_states = state.get("rng_ranks", [])
+    same_ranks = len(rng_states) == run.dist.world_size
+    load_rng_state(rng_states[run.dist.rank] if same_ranks else state["rng"])
 
 
 def _stateful_parts(run: Run) -> dict:

@@ -250,28 +250,49 @@ def test_settings_are_checked(tmp_path: Path):
         train(tiny_config(tmp_path, "rnn", max_tokens=8), tmp_path / "run")
 
 
-def test_two_process_gloo_run_under_torchrun(tmp_path: Path):
-    corpus = write_toy_corpus(tmp_path / "corpus")
-    run_dir = tmp_path / "run"
-    overrides = [
+def torchrun_train(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`nmt train` under torchrun with two gloo processes: a tiny RNN on the toy corpus."""
+    corpus = tmp_path / "corpus"
+    if not corpus.exists():
+        write_toy_corpus(corpus)
+    settings = [
         "data=local_files", f"data.root={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
         "data.spm.vocab_size=300", "model=rnn_bahdanau", "model.embed_size=32",
         "model.hidden_size=32", "model.attention_size=32", "train.device=cpu",
-        "train.max_steps=4", "train.max_tokens=2400", "train.validate_every=2",
-        "train.max_time=10", "train.schedule=linear",  # rank 0's clock drives both ranks
-        "train.num_heatmaps=1", "decode.beam_size=1", f"hydra.run.dir={run_dir}",
+        "train.max_tokens=2400", "train.validate_every=2", "train.num_heatmaps=1",
+        "decode.beam_size=1", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "nmt", "train", *overrides],
+         "-m", "nmt", "train", *settings],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_process_gloo_run_under_torchrun(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    # With a time budget, rank 0's clock drives both ranks.
+    budget = ["train.max_steps=4", "train.max_time=10", "train.schedule=linear"]
+    result = torchrun_train(tmp_path, run_dir, *budget)
     state = load_checkpoint(run_dir / "best.pt")
     assert state["progress"]["step"] in (2, 4) and state["config"]["model"]["arch"] == "rnn"
     assert (run_dir / "step_4.pt").is_file() and (run_dir / "config.yaml").is_file()
     assert result.stderr.count("done: best BLEU") == 1  # rank 0 alone reports
+
+
+def test_a_resumed_two_process_run_is_exact_on_every_rank(tmp_path: Path):
+    """Each rank draws its own dropout masks, so each must resume its own random state: rank 1
+    restarted from rank 0's would send different gradients into the all-reduce."""
+    settings = ["train.schedule=inverse_sqrt", "train.average_last=0", "model.dropout=0.5"]
+    torchrun_train(tmp_path, tmp_path / "straight", "train.max_steps=4", *settings)
+    torchrun_train(tmp_path, tmp_path / "resumed", "train.max_steps=2", *settings)
+    torchrun_train(tmp_path, tmp_path / "resumed", "train.max_steps=4", *settings)
+    straight = load_checkpoint(tmp_path / "straight" / "step_4.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "resumed" / "step_4.pt")["model"]
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
 
 
 def interrupt_at(monkeypatch, point: str, count: int) -> None:
