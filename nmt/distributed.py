@@ -72,6 +72,14 @@ class Distributed:
         """Rank 0's value of `flag` on every rank."""
         return bool(self.broadcast([float(flag)])[0])
 
+    def sum(self, value: int) -> int:
+        """The sum of every rank's `value` (exact for counts below 2**53)."""
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return int(tensor.item())
+
     def any_rank(self, flag: bool) -> bool:
         """True on every rank if `flag` is True on any: a Ctrl-C that one rank sees first stops
         all of them after the same step."""

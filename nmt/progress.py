@@ -31,14 +31,24 @@ class Progress:
     setup_seconds: float = 0.0  # data preparation and model building before the first step
     validation_seconds: float = 0.0  # how long the latest validation took
     nonfinite_steps: int = 0  # steps skipped in a row for a non-finite loss (train.max_nonfinite)
+    world_size: int = 1  # processes that shared each step's batches
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        state = {"nonfinite_steps": 0, **state}  # checkpoints from before it was saved had none
+        # Checkpoints from before these were saved had none.
+        state = {"nonfinite_steps": 0, "world_size": 1, **state}
         for field in dataclasses.fields(self):
             setattr(self, field.name, state[field.name])
+
+    def continue_on(self, world_size: int, accumulate: int) -> None:
+        """Go on with `world_size` processes from where this epoch's batches stand. The epoch's
+        order is the same for any number of processes, each taking every world_size-th batch,
+        so the batches done so far, by all processes together, are shared out again (whole
+        accumulation groups; a batch or so may be trained on twice)."""
+        done = self.epoch_batches_done * self.world_size // world_size
+        self.epoch_batches_done, self.world_size = done - done % accumulate, world_size
 
 
 def epoch_plan(

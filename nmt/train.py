@@ -144,7 +144,7 @@ def setup(cfg: Config, run_dir: RunDir, dist: Distributed, stop: StopRequest) ->
         log.info("data:\n%s", format_stats(data))
         log.info("model %s (precision %s, device %s):\n%s", cfg.model.arch, precision,
                  describe_device(dist.device), summary)  # fmt: skip
-    progress = Progress()
+    progress = Progress(world_size=dist.world_size)
     steps = total_steps(cfg.train, src_lens, tgt_lens, dist.world_size)
     if dist.is_main and steps and cfg.train.schedule == "linear" and cfg.train.max_time is None:
         peak_step, peak_lr = linear_peak(cfg.train, steps)
@@ -164,6 +164,11 @@ def setup(cfg: Config, run_dir: RunDir, dist: Distributed, stop: StopRequest) ->
                           start_step=state["progress"]["step"] if state else 0)  # fmt: skip
     if state is not None:
         load_state_dict(run, state)
+    if progress.world_size != dist.world_size:
+        if dist.is_main:
+            log.info("this run trained on %d process(es) and goes on with %d: the steps per "
+                     "epoch change with them", progress.world_size, dist.world_size)  # fmt: skip
+        progress.continue_on(dist.world_size, cfg.train.accumulate)
     if dist.is_main:
         run_dir.tidy(progress, cfg)
     return run
@@ -182,6 +187,9 @@ def loop(run: Run) -> None:
         plan = epoch_plan(cfg, src_lens, tgt_lens, progress.epoch, run.dist.rank,
                           run.dist.world_size)  # fmt: skip
         usable = len(plan)
+        if progress.epoch_batches_done >= usable:  # resumed on more processes at its very end
+            progress.epoch, progress.epoch_batches_done = progress.epoch + 1, 0
+            continue
         # The plan is a pure function of (seed, epoch): skipping the batches done resumes at
         # exactly the next one.
         batches = iterate_batches(split, plan[progress.epoch_batches_done :], cfg.pad_multiple)
@@ -228,12 +236,16 @@ def train_step(run: Run, group: list[Batch]) -> bool:
         param_group["lr"] = lr
     batches = [batch.to(run.dist.device) for batch in group]
     num_tokens = sum(batch.num_tgt_tokens for batch in batches)
+    # The step's loss is the mean over every rank's target tokens: DDP averages the ranks'
+    # gradients, so each rank divides its summed loss by the step's tokens per rank.
+    all_tokens = run.dist.sum(num_tokens)
+    per_rank = num_tokens if run.dist.world_size == 1 else all_tokens / run.dist.world_size
     total = torch.zeros((), device=run.dist.device)
     for index, batch in enumerate(batches):
         # Gradients are all-reduced once per step, on its last micro-batch.
         last = index == len(batches) - 1
         with nullcontext() if last or run.dist.world_size == 1 else run.wrapped.no_sync():
-            total += _forward_backward(run, batch, num_tokens)
+            total += _forward_backward(run, batch, per_rank)
     faults.pause_point("step")  # mid-step: gradients computed, parameters not yet updated
     # Every rank skips together: one rank's inf has reached the others' gradients through the
     # all-reduce, and ranks that disagreed on stepping would part ways on their step counts.
@@ -249,13 +261,14 @@ def train_step(run: Run, group: list[Batch]) -> bool:
     progress.nonfinite_steps, progress.step = 0, progress.step + 1
     # float(total) waits for the step to finish: the console and TensorBoard see real numbers.
     elapsed = time.perf_counter() - run.clock_start
-    run.tracker.step(progress.step, elapsed, float(total) / num_tokens,
-                     num_tokens * run.dist.world_size, grad_norm, lr)  # fmt: skip
+    run.tracker.step(progress.step, elapsed, float(total) / num_tokens, all_tokens, grad_norm,
+                     lr)  # fmt: skip
     return True
 
 
-def _forward_backward(run: Run, batch: Batch, num_tokens: int) -> torch.Tensor:
-    """Backpropagate one micro-batch's share of the step's mean loss; its summed loss."""
+def _forward_backward(run: Run, batch: Batch, num_tokens: float) -> torch.Tensor:
+    """Backpropagate one micro-batch's share of the step's mean loss (`num_tokens`: the
+    step's target tokens per rank); its summed loss."""
     try:
         with autocast(run.dist.device, run.precision):
             logits = run.wrapped(batch.src, batch.src_mask, batch.tgt_in).logits
@@ -307,7 +320,13 @@ def validate_and_save(run: Run) -> bool:
     if run.dist.is_main:
         with run.stop.deferred():
             _commit_validation(run, result, rng_states)
-    run.schedule.scale = run.dist.broadcast([run.schedule.scale])[0]  # plateau: rank 0 decides
+    # What rank 0 decided or measured, on every rank: the plateau's scale, and the clock and
+    # validation time a time-budget schedule reads at the next step.
+    run.schedule.scale, progress.elapsed, progress.validation_seconds = run.dist.broadcast(
+        [run.schedule.scale, progress.elapsed, progress.validation_seconds]
+    )
+    # So that no rank validates this step again alone after a skipped step.
+    progress.last_validated, progress.validation_pending = progress.step, False
     return run.dist.broadcast_flag(patience_ran_out(run.cfg.train, progress))
 
 

@@ -250,8 +250,16 @@ def test_settings_are_checked(tmp_path: Path):
         train(tiny_config(tmp_path, "rnn", max_tokens=8), tmp_path / "run")
 
 
-def torchrun_train(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`nmt train` under torchrun with two gloo processes: a tiny RNN on the toy corpus."""
+def torchrun_train(
+    tmp_path: Path,
+    run_dir: Path,
+    *overrides: str,
+    probe: dict[str, str] | None = None,
+    nproc: int = 2,
+    timeout: float = 180,
+) -> subprocess.CompletedProcess:
+    """`nmt train` under torchrun with `nproc` gloo processes: a tiny RNN on the toy corpus;
+    `probe` plants the faults of tests/ddp_probe.py (its environment variables)."""
     corpus = tmp_path / "corpus"
     if not corpus.exists():
         write_toy_corpus(corpus)
@@ -262,14 +270,23 @@ def torchrun_train(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess
         "train.max_tokens=2400", "train.validate_every=2", "train.num_heatmaps=1",
         "decode.beam_size=1", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "nmt", "train", *settings],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env,
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(probe or {})}
+    entry = ["tests/ddp_probe.py"] if probe else ["-m", "nmt"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc_per_node={nproc}", *entry, "train", *settings],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # torchrun passes SIGTERM on to its workers, and kills those that stay (stuck in a
+        # collective) 30 seconds later.
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=120)
+        pytest.fail(f"the ranks hung: {stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_two_process_gloo_run_under_torchrun(tmp_path: Path):
@@ -293,6 +310,57 @@ def test_a_resumed_two_process_run_is_exact_on_every_rank(tmp_path: Path):
     straight = load_checkpoint(tmp_path / "straight" / "step_4.pt")["model"]
     resumed = load_checkpoint(tmp_path / "resumed" / "step_4.pt")["model"]
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
+def test_two_processes_train_like_one_accumulating_their_two_batches(tmp_path: Path):
+    """Rank r takes batches r, r + 2, ...; one process with train.accumulate=2 takes the same
+    pairs per step. The step's loss is the mean over all its target tokens either way, so the
+    parameters agree (no dropout, whose masks differ), however unequal the pair's tokens."""
+    settings = ["train.schedule=inverse_sqrt", "train.average_last=0", "train.max_steps=4",
+                "model.dropout=0", "train.max_tokens=1200"]  # fmt: skip
+    torchrun_train(tmp_path, tmp_path / "two", *settings)
+    torchrun_train(tmp_path, tmp_path / "one", *settings, "train.accumulate=2", nproc=1)
+    two = load_checkpoint(tmp_path / "two" / "step_4.pt")["model"]
+    one = load_checkpoint(tmp_path / "one" / "step_4.pt")["model"]
+    for name in two:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-6, atol=1e-8)
+
+
+def test_a_run_resumed_on_more_processes_continues_its_epoch(tmp_path: Path):
+    """One process stopped late in an epoch has done more batches than a shard of two holds:
+    the two go on from the same place in the epoch's order instead of finding nothing left."""
+    settings = ["train.schedule=inverse_sqrt", "train.average_last=0"]
+    torchrun_train(tmp_path, tmp_path / "run", "train.max_steps=3", *settings, nproc=1)
+    assert load_checkpoint(tmp_path / "run" / "step_3.pt")["progress"]["epoch_batches_done"] == 3
+    torchrun_train(tmp_path, tmp_path / "run", "train.max_steps=5", *settings, timeout=60)
+    progress = load_checkpoint(tmp_path / "run" / "step_5.pt")["progress"]
+    # Batches 0-2 of epoch 0 done by one process are batch 0 of each shard of two (0, 2, ...
+    # and 1, 3, ...) and a half: the two go on with their second batches (2 and 3), which
+    # ends the epoch (4 batches, 2 per shard), then take epoch 1's first.
+    assert (progress["world_size"], progress["epoch"], progress["epoch_batches_done"]) == (2, 1, 1)
+
+
+def test_a_step_skipped_after_a_validation_keeps_the_ranks_together(tmp_path: Path):
+    """Rank 1's loss is NaN on the step after the validation at step 2: every rank skips it,
+    and no rank then validates step 2 again alone (waiting for ranks that went on)."""
+    torchrun_train(tmp_path, tmp_path / "run", "train.max_steps=4",
+                   probe={"NMT_PROBE_NAN": "1:2"})  # fmt: skip
+    assert load_checkpoint(tmp_path / "run" / "step_4.pt")["progress"]["step"] == 4
+
+
+def test_every_rank_takes_the_same_rate_at_every_step(tmp_path: Path):
+    """A linear schedule over a time budget reads the clock and the last validation's length,
+    which rank 0 measures: the other ranks must step at rank 0's rate, also after validations."""
+    budget = [
+        "train.max_epochs=null",
+        "train.max_time=0.25",
+        "train.schedule=linear",
+        "train.warmup_steps=1",
+    ]  # the rate follows the clock from the first step
+    torchrun_train(tmp_path, tmp_path / "run", *budget,
+                   probe={"NMT_PROBE_LR_LOG": str(tmp_path / "lr")})  # fmt: skip
+    rank0, rank1 = (Path(f"{tmp_path / 'lr'}.{rank}").read_text() for rank in (0, 1))
+    assert len(rank0.splitlines()) > 4 and rank0 == rank1
 
 
 def interrupt_at(monkeypatch, point: str, count: int) -> None:
