@@ -159,8 +159,20 @@ def train_command(dict_cfg: DictConfig) -> None:
         raise
     from nmt.train import train
 
+    if int(os.environ.get("RANK", "0")) > 0:
+        _log_errors_only()
     with user_errors():
         train(cfg, run_dir)
+
+
+def _log_errors_only() -> None:
+    """Under torchrun, rank 0 alone logs (the other ranks' news is the same or rank 0's to
+    tell); errors still show, and train.log is rank 0's."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(logging.ERROR)
 
 
 def _remove_if_unused(run_dir: Path) -> None:

@@ -343,9 +343,12 @@ def test_a_run_resumed_on_more_processes_continues_its_epoch(tmp_path: Path):
 def test_a_step_skipped_after_a_validation_keeps_the_ranks_together(tmp_path: Path):
     """Rank 1's loss is NaN on the step after the validation at step 2: every rank skips it,
     and no rank then validates step 2 again alone (waiting for ranks that went on)."""
-    torchrun_train(tmp_path, tmp_path / "run", "train.max_steps=4",
-                   probe={"NMT_PROBE_NAN": "1:2"})  # fmt: skip
+    result = torchrun_train(tmp_path, tmp_path / "run", "train.max_steps=4",
+                            probe={"NMT_PROBE_NAN": "1:2"})  # fmt: skip
     assert load_checkpoint(tmp_path / "run" / "step_4.pt")["progress"]["step"] == 4
+    # Rank 0 alone logs, to the console and to train.log: the skip is reported once.
+    assert result.stderr.count("non-finite loss at step 3") == 1
+    assert (tmp_path / "run" / "train.log").read_text().count("non-finite loss at step 3") == 1
 
 
 def test_every_rank_takes_the_same_rate_at_every_step(tmp_path: Path):
