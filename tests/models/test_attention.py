@@ -86,3 +86,25 @@ def test_sdpa_and_explicit_paths_agree(
     scores = (q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(~allowed, float("-inf"))
     torch.testing.assert_close(weights, scores.softmax(-1), atol=1e-6, rtol=0)
     assert torch.equal(weights[~allowed], torch.zeros(int((~allowed).sum())))
+
+
+def _kernels_run(dtype: torch.dtype) -> tuple[set[str], torch.Tensor, torch.Tensor]:
+    """The ATen ops that causal self-attention in `dtype` ran forward and backward on the CPU,
+    its output and the gradient of q."""
+    q, k, v = (t.to(dtype).requires_grad_() for t in _qkv(6, 6))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out, _ = attention(q, k, v, causal=True)
+        out.float().sum().backward()
+    return {event.key for event in prof.key_averages()}, out.float(), q.grad.float()
+
+
+def test_bf16_attention_on_cpu_takes_the_math_kernel() -> None:
+    """In bf16 the fused CPU Flash kernel ran 5-15x slower than the math kernel (the reason is in
+    `_fused_attention`), so bf16 takes the math kernel and fp32 keeps the fused one; both give
+    the fp32 result within bf16's precision."""
+    fp32_ops, fp32_out, fp32_grad = _kernels_run(torch.float32)
+    bf16_ops, bf16_out, bf16_grad = _kernels_run(torch.bfloat16)
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in fp32_ops
+    assert not [op for op in bf16_ops if "flash" in op]
+    torch.testing.assert_close(bf16_out, fp32_out, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(bf16_grad, fp32_grad, atol=3e-2, rtol=3e-2)
