@@ -149,7 +149,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     seed: int = 1234
     max_steps: int | None = None  # optimiser steps; null for no limit
-    max_epochs: int | None = 30
+    max_epochs: int | None = 40
     max_time: float | None = None  # wall-clock budget in minutes; null for no limit
     max_tokens: int = 4096  # token budget per batch (source + target, padded)
     accumulate: int = 1
