@@ -33,8 +33,9 @@ from nmt.config import DecodeConfig, EvaluateConfig, TranslateConfig
 from nmt.ct2_engine import load_export
 from nmt.data.batching import column
 from nmt.data.clean import has_control_chars
-from nmt.data.corpus import Replacements, load_split
-from nmt.data.corpus import read_lines as read_utf8_lines
+from nmt.data.corpus import load_split
+from nmt.data.lines import Replacements
+from nmt.data.lines import read_lines as read_utf8_lines
 from nmt.errors import UserError
 from nmt.evaluate import Scores, corpus_scores
 from nmt.models.base import MEAN_OF_LAST_LAYER, AttentionChoice
@@ -147,7 +148,7 @@ def translate_file(
 
 
 def read_lines(stream: BinaryIO, name: str, *, strict: bool, report: InputReport) -> Iterator[str]:
-    """The input's lines through the corpus reader (`nmt.data.corpus.read_lines`: `\\n` alone
+    """The input's lines through the corpus reader (`nmt.data.lines.read_lines`: `\\n` alone
     ends a line, so one input line is one output line); with `translate.strict`, a bad byte or
     a control character stops with the line, otherwise they are replaced and counted."""
     replaced = None if strict else Replacements()

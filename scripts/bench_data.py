@@ -34,7 +34,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from nmt.data.corpus import read_lines  # noqa: E402  (the repository, not an installed copy)
+from nmt.data.lines import read_lines  # noqa: E402  (the repository, not an installed copy)
 from nmt.device import cpu_model  # noqa: E402
 
 NUM_HELD_OUT = 1_000  # validation and test lines, taken unchanged from the source corpus

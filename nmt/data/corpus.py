@@ -3,24 +3,19 @@
 Three layouts, chosen by `data.format`: `text` (one file per side, optionally gzip), `tsv`
 (one file, two columns) and `hub` (a Hugging Face dataset with a `translation` column, from
 the hub or from local files through one of `datasets`' builders such as `json`).
-Local files are read line by line here rather than by the `text` builder, so that a line
-is exactly one `\\n`-terminated record (`str.splitlines` would also split on U+2028 and
-friends and break alignment) and so that a bad byte is reported with its file and line.
-`read_lines` is that reader, for any UTF-8 input (translation reads stdin with it too).
+Local files are read line by line with `nmt.data.lines.read_lines` rather than by the
+`text` builder, so that a line is exactly one `\\n`-terminated record and a bad byte is
+reported with its file and line.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
 import itertools
 import logging
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
-from typing import BinaryIO
 
 import datasets
 import pyarrow as pa
@@ -28,6 +23,7 @@ from datasets.exceptions import DatasetGenerationError
 
 from nmt.config import DataConfig
 from nmt.config_checks import LOCAL_BUILDERS
+from nmt.data.lines import Replacements, read_lines
 from nmt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,7 +31,6 @@ log = logging.getLogger(__name__)
 FETCH_HINT = "see scripts/fetch_multi30k.sh, or set NMT_DATA_DIR / data.root=<folder>"
 DECODE_FIX = "fix the file, or set data.clean.on_decode_error=replace"
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
-UTF8_BOM = b"\xef\xbb\xbf"  # the byte-order mark some editors put before the first line
 
 
 def data_root(cfg: DataConfig) -> Path:
@@ -89,72 +84,6 @@ def _check_compression(path: Path, pattern_key: str) -> None:
             f"{path} is gzip-compressed but its name does not end in .gz: decompress it "
             f"(gunzip), or rename it to end in .gz and set {pattern_key} to match"
         )
-
-
-@dataclass
-class Replacements:
-    """Lines in which `read_lines` replaced undecodable bytes with U+FFFD, counted for a warning."""
-
-    num_lines: int = 0
-    first_line: int | None = None  # line number of the first such line
-
-
-def read_lines(
-    source: str | Path | BinaryIO,
-    name: str | None = None,
-    *,
-    fix: str = "save it as UTF-8",
-    replacements: Replacements | None = None,
-) -> Iterator[str]:
-    """Yield the lines of UTF-8 text without their line end (`\\n` or `\\r\\n`), and without
-    the byte-order mark some editors put before the first.
-
-    `source` is a file, decompressed if its name ends in `.gz`, or a binary stream such as
-    `sys.stdin.buffer` (left open). Only `\\n` ends a line: a corpus line is one record even if
-    it holds U+2028 or a form feed, so both sides of a pair stay aligned and line numbers match
-    an editor's. Undecodable bytes raise a `UserError` naming `name:line` and ending in `fix`;
-    with `replacements` given they become U+FFFD instead, and the lines are counted there.
-    A gzip file that is not gzip, truncated or corrupt is a `UserError` too.
-    """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as stream:
-            yield from _decoded_lines(stream, name or str(path), fix, replacements)
-    else:
-        yield from _decoded_lines(source, name or "<stream>", fix, replacements)
-
-
-def _decoded_lines(
-    stream: BinaryIO, name: str, fix: str, replacements: Replacements | None
-) -> Iterator[str]:
-    line_no = 0
-    try:
-        for line_no, raw in enumerate(stream, start=1):
-            raw = raw[:-1] if raw.endswith(b"\n") else raw
-            raw = raw[:-1] if raw.endswith(b"\r") else raw
-            if line_no == 1 and raw.startswith(UTF8_BOM):  # a Windows editor's mark, not text
-                raw = raw[len(UTF8_BOM) :]
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                if replacements is None:
-                    raise UserError(
-                        f"{name}:{line_no}: invalid UTF-8 byte 0x{raw[error.start]:02x} at "
-                        f"column {error.start + 1}: {fix}"
-                    ) from None
-                replacements.num_lines += 1
-                replacements.first_line = replacements.first_line or line_no
-                yield raw.decode("utf-8", errors="replace")
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        # gzip notices a damaged file only when reading reaches the damage.
-        if line_no == 0 and "Not a gzipped file" in str(error):
-            problem = "is not gzip-compressed although its name ends in .gz"
-        elif isinstance(error, EOFError):
-            problem = f"is truncated: its gzip stream ends after line {line_no}"
-        else:
-            problem = f"has corrupt gzip data after line {line_no} ({error})"
-        raise UserError(f"{name} {problem}: fetch or compress the file again") from None
 
 
 def _lines(path: Path, on_decode_error: str, replacements: Replacements) -> Iterator[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import io
 import json
 import logging
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nmt.config import CleanConfig, DataConfig
-from nmt.data.corpus import Replacements, load_split, read_lines
+from nmt.data.corpus import load_split
 from nmt.errors import UserError
 
 
@@ -138,42 +137,6 @@ def test_unreachable_hub_dataset_is_one_line_error(tmp_path: Path, toy_cfg: Data
     with pytest.raises(UserError) as error:
         load(cfg, "train", tmp_path)
     assert "nmt-test/does-not-exist" in str(error.value) and "\n" not in str(error.value)
-
-
-def test_read_lines_of_a_stream_splits_on_newline_only():
-    stream = io.BytesIO("one\r\ntwo\x0cthree\u2028\nfour\rfive\n\nlast".encode())
-    assert list(read_lines(stream, "<stdin>")) == [
-        "one",
-        "two\x0cthree\u2028",
-        "four\rfive",  # a lone CR is not a line end
-        "",
-        "last",
-    ]
-    with_bom = io.BytesIO("\ufeffEin Hund\n\ufeffzwei\n".encode())
-    assert list(read_lines(with_bom, "<stdin>")) == ["Ein Hund", "\ufeffzwei"]  # line 1 only
-
-
-def test_read_lines_names_the_line_and_the_callers_fix():
-    stream = io.BytesIO(b"fine\nbad \xff byte\n")
-    with pytest.raises(UserError) as error:
-        list(read_lines(stream, "<stdin>", fix="fix the line, or set x.strict=false"))
-    assert str(error.value) == (
-        "<stdin>:2: invalid UTF-8 byte 0xff at column 5: fix the line, or set x.strict=false"
-    )
-
-
-def test_read_lines_replaces_and_counts_when_asked(tmp_path: Path):
-    path = tmp_path / "input.gz"
-    with gzip.open(path, "wb") as file:
-        file.write(b"ok\ncaf\xe9\nok\n\xff\xfe\n")
-    replaced = Replacements()
-    assert list(read_lines(path, replacements=replaced)) == [
-        "ok",
-        "caf\ufffd",
-        "ok",
-        "\ufffd\ufffd",
-    ]
-    assert (replaced.num_lines, replaced.first_line) == (2, 2)
 
 
 def test_empty_files_are_named(toy_cfg, toy_root, tmp_path):
