@@ -21,7 +21,7 @@ from nmt.checkpoint import latest_checkpoint, read_entry
 from nmt.config import Config
 from nmt.data import PreparedData, format_stats, prepare
 from nmt.data.batching import length_array
-from nmt.device import describe_device, load_rng_state, resolve_precision
+from nmt.device import describe_device, load_rng_state, precision_hint, resolve_precision
 from nmt.distributed import Distributed
 from nmt.models import build_model, model_summary
 from nmt.models.base import Seq2Seq
@@ -82,6 +82,8 @@ def setup(cfg: Config, run_dir: RunDir, dist: Distributed, stop: StopRequest) ->
         log.info("data:\n%s", format_stats(data))
         log.info("model %s (precision %s, device %s):\n%s", cfg.model.arch, precision,
                  describe_device(dist.device), summary)  # fmt: skip
+        if hint := precision_hint(cfg.train.precision, dist.device, precision):
+            log.info(hint)
     progress = Progress(world_size=dist.world_size)
     steps = total_steps(cfg.train, src_lens, tgt_lens, dist.world_size)
     if dist.is_main and steps and cfg.train.schedule == "linear" and cfg.train.max_time is None:

@@ -243,6 +243,14 @@ def test_bf16_autocast_path_trains(tmp_path: Path):
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
 
 
+def test_a_run_on_a_cpu_with_amx_names_bf16_once(tmp_path: Path, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    with caplog.at_level("INFO"):
+        train(tiny_config(tmp_path, "rnn", precision="auto", max_steps=2), tmp_path / "run")
+    assert caplog.text.count("train.precision=bf16 may train faster") == 1
+    assert "precision torch.float32" in caplog.text  # auto itself stays fp32 on a CPU
+
+
 def test_settings_are_checked(tmp_path: Path):
     with pytest.raises(UserError, match=r"train\.precision=fp16 needs a CUDA device"):
         train(tiny_config(tmp_path, "rnn", precision="fp16"), tmp_path / "run")
