@@ -72,12 +72,12 @@ def cpu_has_amx() -> bool:
     return bool(is_supported and is_supported())
 
 
-def precision_hint(setting: str, device: torch.device, dtype: torch.dtype) -> str | None:
+def precision_hint(setting: str, device: torch.device) -> str | None:
     """A line for the log when `auto` chose fp32 on a CPU with AMX, where bf16 trained faster.
 
     `auto` stays fp32 on every CPU: bf16 is much slower on CPUs without native bf16, and its
     quality over a full-length run is not measured yet, so the user decides."""
-    if setting != "auto" or device.type != "cpu" or dtype != torch.float32 or not cpu_has_amx():
+    if setting != "auto" or device.type != "cpu" or not cpu_has_amx():
         return None
     return (
         "this CPU has AMX (native bf16): train.precision=bf16 may train faster here "

@@ -82,7 +82,7 @@ def setup(cfg: Config, run_dir: RunDir, dist: Distributed, stop: StopRequest) ->
         log.info("data:\n%s", format_stats(data))
         log.info("model %s (precision %s, device %s):\n%s", cfg.model.arch, precision,
                  describe_device(dist.device), summary)  # fmt: skip
-        if hint := precision_hint(cfg.train.precision, dist.device, precision):
+        if hint := precision_hint(cfg.train.precision, dist.device):
             log.info(hint)
     progress = Progress(world_size=dist.world_size)
     steps = total_steps(cfg.train, src_lens, tgt_lens, dist.world_size)

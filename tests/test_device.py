@@ -31,8 +31,8 @@ def test_states_saved_on_more_gpus_than_visible_restore_those_visible():
 def test_auto_precision_on_a_cpu_with_amx_suggests_bf16(monkeypatch, has_amx: bool):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: has_amx, raising=False)
     cpu = torch.device("cpu")
-    hint = precision_hint("auto", cpu, torch.float32)
+    hint = precision_hint("auto", cpu)
     assert (hint is not None) == has_amx
     assert hint is None or "train.precision=bf16" in hint
-    assert precision_hint("fp32", cpu, torch.float32) is None  # asked for fp32: no advice
-    assert precision_hint("bf16", cpu, torch.bfloat16) is None
+    assert precision_hint("fp32", cpu) is None  # asked for fp32: no advice
+    assert precision_hint("bf16", cpu) is None
