@@ -140,3 +140,21 @@ def test_a_training_refused_for_its_settings_leaves_no_run_directory(tmp_path):
     done = run_nmt("train", "train.lr=0", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2 and "train.lr=0.0 is out of range" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_python_imports_the_command_line_is_one_line():
+    """The earliest moment a Ctrl-C can reach nmt's code: importing `nmt.cli` itself, which
+    `python -m nmt` guards (here the import raises KeyboardInterrupt, as SIGINT would)."""
+    interrupt_import = (
+        "import runpy, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'nmt.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['nmt', 'translate']\n"
+        "runpy.run_module('nmt', run_name='__main__', alter_sys=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", interrupt_import], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (result.returncode, result.stderr) == (130, "nmt: interrupted\n")
