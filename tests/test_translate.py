@@ -285,13 +285,13 @@ def test_ctrl_c_leaves_no_output_and_no_traceback(trained, tmp_path: Path):
     args = ["translate", f"translate.ckpt={run_dir}", f"translate.input={source}",
             f"translate.output={output}"]  # fmt: skip
     status, stderr = interrupt(args, after_line="search:", delay=1.0)
-    assert status == 130
+    assert status == 130, stderr
     assert_one_quiet_line(stderr, "nmt: interrupted")
     assert output.read_text() == "the previous translation\n"  # untouched, no partial output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]
     # during start-up, while Python imports Hydra and PyTorch
     status, stderr = interrupt(args, after_line=None, delay=1.0)
-    assert status == 130
+    assert status == 130, stderr  # once in a few full runs -2 (killed by SIGINT): stderr says where
     assert_one_quiet_line(stderr, "nmt: interrupted")
 
 
