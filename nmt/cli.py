@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nmt.errors import Interrupted, UserError
+from nmt.errors import EXIT_INTERRUPTED, Interrupted, UserError, exit_interrupted
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -46,7 +46,6 @@ Overrides are Hydra's: `nmt train model=rnn_bahdanau train.max_epochs=5`.
 NO_RUN_DIR = ["hydra.run.dir=.", "hydra/job_logging=console"]
 # What a checkpoint carries and translate/evaluate therefore refuse to take from the command line.
 CARRIED = {"model": "model", "data": "data", "train": "training"}
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as shells report `yes | head -1`'s writer
 
 
@@ -317,8 +316,7 @@ def quiet_exits() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        print("nmt: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        exit_interrupted()
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -1,4 +1,10 @@
-"""The one exception type for user mistakes: entry points print it as a single line."""
+"""The one exception type for user mistakes: entry points print it as a single line; and how
+a command ends on Ctrl-C."""
+
+import sys
+from typing import NoReturn
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process stopped by Ctrl-C
 
 
 class UserError(ValueError):
@@ -12,3 +18,9 @@ class UserError(ValueError):
 class Interrupted(UserError):
     """Stopped by Ctrl-C or SIGTERM; the message says what was saved and how to resume. The
     command exits with 130, as a shell reports a process stopped by Ctrl-C."""
+
+
+def exit_interrupted() -> NoReturn:
+    """End on a Ctrl-C that no command caught: one line on stderr, no traceback, status 130."""
+    print("nmt: interrupted", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
