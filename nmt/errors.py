@@ -1,6 +1,9 @@
 """The one exception type for user mistakes: entry points print it as a single line; and how
 a command ends on Ctrl-C."""
 
+import contextlib
+import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -21,6 +24,17 @@ class Interrupted(UserError):
 
 
 def exit_interrupted() -> NoReturn:
-    """End on a Ctrl-C that no command caught: one line on stderr, no traceback, status 130."""
+    """End on a Ctrl-C that no command caught: one line on stderr, no traceback, status 130.
+
+    `os._exit`, not `sys.exit`: when the KeyboardInterrupt left an `exec(<string>)` on its
+    way here (dataclasses and namedtuple build their methods so while a module imports, so a
+    Ctrl-C during start-up often does), CPython run with `-m` marks it unhandled for good and
+    at exit kills itself with SIGINT (status -2) whatever `sys.exit` asked for. Commands have
+    cleaned up by now (`finally` blocks ran on the way here); logs and streams are flushed.
+    """
     print("nmt: interrupted", file=sys.stderr)
-    sys.exit(EXIT_INTERRUPTED)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing reaches it
+            stream.flush()
+    os._exit(EXIT_INTERRUPTED)

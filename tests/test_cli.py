@@ -158,3 +158,23 @@ def test_ctrl_c_while_python_imports_the_command_line_is_one_line():
     result = subprocess.run([sys.executable, "-c", interrupt_import], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert (result.returncode, result.stderr) == (130, "nmt: interrupted\n")
+
+
+def test_ctrl_c_that_passed_through_an_exec_of_a_string_still_ends_with_130(tmp_path):
+    """dataclasses and namedtuple build methods with `exec(<string>)` while a module imports.
+    A KeyboardInterrupt that leaves such an `exec` makes CPython, run with `-m`, kill itself
+    with SIGINT at exit (status -2, not 130) even after it was caught, unless the command ends
+    without that exit. Run with `-m` here, as `python -m nmt` runs."""
+    (tmp_path / "interrupted_nmt.py").write_text(
+        "import runpy, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'nmt.cli':\n"
+        "            exec('raise KeyboardInterrupt')\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['nmt', 'translate']\n"
+        "runpy.run_module('nmt', run_name='__main__', alter_sys=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "interrupted_nmt"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (result.returncode, result.stderr) == (130, "nmt: interrupted\n")

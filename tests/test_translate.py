@@ -291,7 +291,7 @@ def test_ctrl_c_leaves_no_output_and_no_traceback(trained, tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]
     # during start-up, while Python imports Hydra and PyTorch
     status, stderr = interrupt(args, after_line=None, delay=1.0)
-    assert status == 130, stderr  # once in a few full runs -2 (killed by SIGINT): stderr says where
+    assert status == 130, stderr  # -2 before exit_interrupted used os._exit (test_cli.py)
     assert_one_quiet_line(stderr, "nmt: interrupted")
 
 
