@@ -142,39 +142,35 @@ def test_a_training_refused_for_its_settings_leaves_no_run_directory(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_ctrl_c_while_python_imports_the_command_line_is_one_line():
-    """The earliest moment a Ctrl-C can reach nmt's code: importing `nmt.cli` itself, which
-    `python -m nmt` guards (here the import raises KeyboardInterrupt, as SIGINT would)."""
-    interrupt_import = (
-        "import runpy, sys\n"
-        "class Interrupt:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'nmt.cli':\n"
-        "            raise KeyboardInterrupt\n"
-        "sys.meta_path.insert(0, Interrupt())\n"
-        "sys.argv = ['nmt', 'translate']\n"
-        "runpy.run_module('nmt', run_name='__main__', alter_sys=True)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", interrupt_import], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert (result.returncode, result.stderr) == (130, "nmt: interrupted\n")
-
-
-def test_ctrl_c_that_passed_through_an_exec_of_a_string_still_ends_with_130(tmp_path):
-    """dataclasses and namedtuple build methods with `exec(<string>)` while a module imports.
-    A KeyboardInterrupt that leaves such an `exec` makes CPython, run with `-m`, kill itself
-    with SIGINT at exit (status -2, not 130) even after it was caught, unless the command ends
-    without that exit. Run with `-m` here, as `python -m nmt` runs."""
+def interrupted_start(tmp_path: Path, raise_statement: str) -> tuple[int, str]:
+    """Exit status and stderr of `python -m nmt translate` whose import of `nmt.cli` runs
+    `raise_statement`, as SIGINT would raise there. Through `-m`, as `python -m nmt` runs:
+    at exit CPython treats a KeyboardInterrupt under `-m` differently from `-c`."""
     (tmp_path / "interrupted_nmt.py").write_text(
         "import runpy, sys\n"
         "class Interrupt:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'nmt.cli':\n"
-        "            exec('raise KeyboardInterrupt')\n"
+        f"            {raise_statement}\n"
         "sys.meta_path.insert(0, Interrupt())\n"
         "sys.argv = ['nmt', 'translate']\n"
         "runpy.run_module('nmt', run_name='__main__', alter_sys=True)\n"
     )
     result = subprocess.run([sys.executable, "-m", "interrupted_nmt"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert (result.returncode, result.stderr) == (130, "nmt: interrupted\n")
+    return result.returncode, result.stderr
+
+
+def test_ctrl_c_while_python_imports_the_command_line_is_one_line(tmp_path):
+    """The earliest moment a Ctrl-C can reach nmt's code: importing `nmt.cli` itself, which
+    `python -m nmt` guards."""
+    assert interrupted_start(tmp_path, "raise KeyboardInterrupt") == (130, "nmt: interrupted\n")
+
+
+def test_ctrl_c_that_passed_through_an_exec_of_a_string_still_ends_with_130(tmp_path):
+    """dataclasses and namedtuple build methods with `exec(<string>)` while a module imports.
+    A KeyboardInterrupt that leaves such an `exec` makes CPython, run with `-m`, kill itself
+    with SIGINT at exit (status -2, not 130) even after it was caught, unless the command ends
+    without that exit."""
+    status = interrupted_start(tmp_path, "exec('raise KeyboardInterrupt')")
+    assert status == (130, "nmt: interrupted\n")
