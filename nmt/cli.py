@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nmt.errors import EXIT_INTERRUPTED, Interrupted, UserError, exit_interrupted
+from nmt.errors import Interrupted, UserError, exit_interrupted
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -57,8 +57,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Interrupted as error:
-        print(f"nmt: {error}", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        exit_interrupted(str(error))
     except UserError as error:
         print(f"nmt: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -23,8 +23,9 @@ class Interrupted(UserError):
     command exits with 130, as a shell reports a process stopped by Ctrl-C."""
 
 
-def exit_interrupted() -> NoReturn:
-    """End on a Ctrl-C that no command caught: one line on stderr, no traceback, status 130.
+def exit_interrupted(message: str = "interrupted") -> NoReturn:
+    """End on Ctrl-C (or SIGTERM): `nmt: <message>` on stderr, no traceback, status 130; the
+    message of an `Interrupted`, or plain "interrupted" for a Ctrl-C no command caught.
 
     `os._exit`, not `sys.exit`: when the KeyboardInterrupt left an `exec(<string>)` on its
     way here (dataclasses and namedtuple build their methods so while a module imports, so a
@@ -32,7 +33,7 @@ def exit_interrupted() -> NoReturn:
     at exit kills itself with SIGINT (status -2) whatever `sys.exit` asked for. Commands have
     cleaned up by now (`finally` blocks ran on the way here); logs and streams are flushed.
     """
-    print("nmt: interrupted", file=sys.stderr)
+    print(f"nmt: {message}", file=sys.stderr)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing reaches it
